@@ -1,0 +1,48 @@
+# The README's two commands: `make up` runs the main job, `make test` passes the tests.
+# Everything they need is installed from requirements.lock into .venv.
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT     ?= 8000
+DATA     ?=
+CHECKPOINT ?=
+DATA_ROOT ?= $(CURDIR)/var
+
+.PHONY: up down test lint pytest bench venv browser clean
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian's Chromium for the page tests (Playwright drives it; it downloads no browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+up: venv
+	$(BIN)/incept up --port $(PORT) --data-root "$(DATA_ROOT)" $(if $(DATA),--data "$(DATA)") $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
+
+down: venv
+	$(BIN)/incept down --data-root "$(DATA_ROOT)"
+
+lint: venv
+	$(BIN)/ruff check .
+
+pytest: venv browser
+	$(BIN)/python -m pytest -q
+
+test: lint pytest
+
+bench: venv
+	@for b in bench/*.py; do case $$b in bench/_*) continue;; esac; echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Subcommands of the ``incept`` CLI, one module each (see ``incept.cli``)."""

@@ -1,0 +1,99 @@
+"""Live job state in Redis: a hash per job, an event stream per job, a cancel
+flag. The trainer and evaluator write it, the gateway reads it. Results that
+must outlive Redis (eval JSON, checkpoints, exports, status.json) are on the
+shared volume; this is the live view."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+STREAM_MAXLEN = 10_000
+
+
+def _job_key(job_id: str) -> str:
+    return f"incept:job:{job_id}"
+
+
+def _events_key(job_id: str) -> str:
+    return f"incept:job:{job_id}:events"
+
+
+def _cancel_key(job_id: str) -> str:
+    return f"incept:job:{job_id}:cancel"
+
+
+JOBS_INDEX = "incept:jobs"
+
+
+def _encode(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _decode(value: bytes) -> Any:
+    text = value.decode() if isinstance(value, bytes) else value
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+
+
+class JobState:
+    def __init__(self, conn: redis.Redis):
+        self.conn = conn
+
+    def create(self, job_id: str, **fields: Any) -> None:
+        now = time.time()
+        pipe = self.conn.pipeline()
+        pipe.zadd(JOBS_INDEX, {job_id: now}, nx=True)
+        pipe.hset(_job_key(job_id), mapping={k: _encode(v) for k, v in
+                                              {"job_id": job_id, "state": "queued", "created_at": now,
+                                               "updated_at": now, **fields}.items()})
+        pipe.execute()
+        self.emit(job_id, "state", {"state": fields.get("state", "queued")})
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        self.conn.hset(_job_key(job_id), mapping={k: _encode(v) for k, v in fields.items()})
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.conn.hgetall(_job_key(job_id))
+        if not raw:
+            return None
+        return {k.decode(): _decode(v) for k, v in raw.items()}
+
+    def list_ids(self, limit: int = 1000) -> list[str]:
+        return [j.decode() for j in self.conn.zrevrange(JOBS_INDEX, 0, limit - 1)]
+
+    def emit(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
+        """Append an event to the job's stream; returns its stream id."""
+        eid = self.conn.xadd(_events_key(job_id), {"type": kind, "data": json.dumps(data)},
+                             maxlen=STREAM_MAXLEN, approximate=True)
+        return eid.decode() if isinstance(eid, bytes) else eid
+
+    def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None,
+               count: int = 100) -> list[tuple[str, str, dict[str, Any]]]:
+        """Events after stream id ``after``: (id, type, data). Blocks up to ``block_ms``."""
+        resp = self.conn.xread({_events_key(job_id): after}, count=count, block=block_ms)
+        out = []
+        for _key, entries in resp or []:
+            for eid, fields in entries:
+                out.append((eid.decode(), fields[b"type"].decode(), json.loads(fields[b"data"])))
+        return out
+
+    def set_state(self, job_id: str, state: str, **fields: Any) -> None:
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        self.update(job_id, state=state, **fields)
+        self.emit(job_id, "state", {"state": state, **fields})
+
+    def request_cancel(self, job_id: str) -> None:
+        self.conn.set(_cancel_key(job_id), "1")
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.conn.exists(_cancel_key(job_id)))

@@ -1,0 +1,120 @@
+"""Paths on the shared volume. Every service mounts the same volume at
+``Settings.data_root``; this module is the one place that knows its shape::
+
+    <root>/datasets/<name>/        converted TFRecords, labels.txt, dataset.json
+    <root>/uploads/                 dataset archives while they are unpacked
+    <root>/runs/<job_id>/spec.json  the job spec as submitted
+    <root>/runs/<job_id>/checkpoints/   tf.train.CheckpointManager
+    <root>/runs/<job_id>/train/     TensorBoard training summaries
+    <root>/runs/<job_id>/eval/<step>.json and TensorBoard eval summaries
+    <root>/models/<model_name>/<version>/   SavedModels polled by TF Serving
+    <root>/cache/features/          frozen-backbone features for head-only jobs
+    <root>/pretrained/              downloaded base checkpoints
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Names become folder names: refuse anything that could escape a folder."""
+    if not NAME_RE.match(name) or ".." in name:
+        raise ValueError(
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '-', '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def job_id(self) -> str:
+        return self.root.name
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def train_logs(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    def eval_result(self, step: int) -> Path:
+        return self.eval_dir / f"{int(step)}.json"
+
+    @property
+    def status(self) -> Path:
+        """The trainer's last known state, mirrored from Redis so it survives Redis."""
+        return self.root / "status.json"
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    def dataset(self, name: str) -> Path:
+        return self.datasets / check_name(name, "dataset name")
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run(self, job_id: str) -> RunLayout:
+        return RunLayout(self.runs / check_name(job_id, "job id"))
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model(self, name: str) -> Path:
+        return self.models / check_name(name, "model name")
+
+    @property
+    def feature_cache(self) -> Path:
+        return self.root / "cache" / "features"
+
+    @property
+    def pretrained(self) -> Path:
+        return self.root / "pretrained"
+
+    def resolve_inside(self, path: str | Path) -> Path:
+        """Resolve a user-given path (relative to the root, or absolute) and refuse
+        anything that lands outside the root, symlinks included."""
+        p = Path(path)
+        full = (p if p.is_absolute() else self.root / p).resolve()
+        if full != self.root and self.root not in full.parents:
+            raise ValueError(f"path {str(path)!r} is outside the data root")
+        return full
+
+    def ensure(self) -> Layout:
+        for d in (self.datasets, self.uploads, self.runs, self.models, self.feature_cache,
+                  self.pretrained):
+            d.mkdir(parents=True, exist_ok=True)
+        return self

@@ -1,0 +1,26 @@
+"""Model zoo: ``build(name, num_classes)`` and slim checkpoint loading."""
+
+from incept.nets.factory import (
+    NETS,
+    NetInfo,
+    build,
+    layers_under,
+    net_info,
+    register,
+    slim_variables,
+    variables_under,
+)
+from incept.nets.slim_checkpoint import LoadReport, load_slim_checkpoint
+
+__all__ = [
+    "NETS",
+    "LoadReport",
+    "NetInfo",
+    "build",
+    "layers_under",
+    "load_slim_checkpoint",
+    "net_info",
+    "register",
+    "slim_variables",
+    "variables_under",
+]

@@ -1,0 +1,79 @@
+"""Queue names, Redis connections and the requests that cross them.
+
+Jobs are plain functions named by import path, so a producer (the gateway, the
+trainer) never imports the consumer's code (and never TensorFlow)."""
+
+from __future__ import annotations
+
+import redis
+from rq import Queue, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+TRAIN_QUEUE = "train"
+EVAL_QUEUE = "eval"
+DATASETS_QUEUE = "datasets"
+
+TRAIN_FUNC = "services.trainer.jobs.run_training"
+EVAL_FUNC = "services.evaluator.jobs.evaluate_checkpoint"
+CONVERT_FUNC = "services.trainer.jobs.convert_dataset"
+
+# A training job may run for days; rq's default timeout (180 s) would kill it.
+TRAIN_TIMEOUT_S = 7 * 24 * 3600
+EVAL_TIMEOUT_S = 3600
+
+_PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
+    # rq stores pickled payloads: the connection must not decode responses.
+    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                health_check_interval=30)
+
+
+def eval_request_id(job_id: str, step: int) -> str:
+    return f"eval.{job_id}.{int(step)}"
+
+
+def train_request_id(job_id: str) -> str:
+    return f"train.{job_id}"
+
+
+def request_status(conn: redis.Redis, request_id: str) -> JobStatus | None:
+    try:
+        return Job.fetch(request_id, connection=conn).get_status()
+    except NoSuchJobError:
+        return None
+
+
+def is_pending(conn: redis.Redis, request_id: str) -> bool:
+    return request_status(conn, request_id) in _PENDING
+
+
+def enqueue_eval(conn: redis.Redis, job_id: str, step: int) -> bool:
+    """Ask for an evaluation of (job, step). A request that is already pending or
+    done is left alone, so duplicates are no-ops. Returns whether one was queued."""
+    rid = eval_request_id(job_id, step)
+    if request_status(conn, rid) not in (None, JobStatus.FAILED, JobStatus.CANCELED,
+                                         JobStatus.STOPPED):
+        return False
+    Queue(EVAL_QUEUE, connection=conn).enqueue(
+        EVAL_FUNC, job_id, int(step), job_id=rid, job_timeout=EVAL_TIMEOUT_S,
+        retry=Retry(max=3, interval=[2, 10, 30]), result_ttl=7 * 24 * 3600,
+        failure_ttl=7 * 24 * 3600, description=f"evaluate {job_id} step {step}",
+    )
+    return True
+
+
+def enqueue_training(conn: redis.Redis, job_id: str) -> Job:
+    return Queue(TRAIN_QUEUE, connection=conn).enqueue(
+        TRAIN_FUNC, job_id, job_id=train_request_id(job_id), job_timeout=TRAIN_TIMEOUT_S,
+        result_ttl=30 * 24 * 3600, failure_ttl=30 * 24 * 3600, description=f"train {job_id}",
+    )
+
+
+def enqueue_conversion(conn: redis.Redis, name: str, source_dir: str) -> Job:
+    return Queue(DATASETS_QUEUE, connection=conn).enqueue(
+        CONVERT_FUNC, name, source_dir, job_id=f"convert.{name}", job_timeout=6 * 3600,
+        result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600, description=f"convert {name}",
+    )

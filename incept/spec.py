@@ -1,0 +1,146 @@
+"""The job spec: one validated schema shared by the CLI, the gateway and the
+trainer. Field names and defaults follow slim's ``train_image_classifier.py``
+flags where they exist."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from incept.errors import UserError
+from incept.layout import NAME_RE, Layout
+
+
+class SpecError(UserError, ValueError):
+    """An invalid spec, with every problem listed."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid job spec:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="A converted dataset: its name under datasets/, or a path inside the data root.")
+    model_name: str = "inception_v4"
+    image_size: int | None = Field(None, ge=16, le=1024, description="Default: the net's own size.")
+    served_model_name: str | None = Field(
+        None, description="Name under models/ that blessed exports go to (default: the dataset's name).")
+
+    # Base checkpoint, slim style.
+    checkpoint: str | None = Field(None, description="Base checkpoint prefix (slim or incept) to start from.")
+    exclude_scopes: list[str] = Field(default_factory=list)
+    ignore_missing_vars: bool = False
+    trainable_scopes: list[str] = Field(default_factory=list, description="Empty: every variable trains.")
+
+    # Optimisation.
+    optimizer: Literal["adam", "sgd", "momentum", "rmsprop"] = "adam"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    rmsprop_decay: float = Field(0.9, ge=0, lt=1)
+    opt_epsilon: float = Field(1.0, gt=0, description="slim's default 1.0 for adam and rmsprop.")
+    learning_rate: float = Field(0.01, gt=0)
+    learning_rate_decay_type: Literal["exponential", "fixed"] = "exponential"
+    learning_rate_decay_factor: float = Field(0.94, gt=0, le=1)
+    num_epochs_per_decay: float = Field(2.0, gt=0)
+    moving_average_decay: float | None = Field(None, gt=0, lt=1)
+    weight_decay: float = Field(4e-5, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    aux_loss_weight: float = Field(0.4, ge=0)
+    batch_size: int = Field(32, ge=1, le=4096)
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+
+    # Data.
+    augment: bool = Field(True, description="slim's train preprocessing (random crop, flip, colour).")
+    augmented_views: int = Field(0, ge=0, le=64,
+                                 description="Head-only path: cached augmented views per image (0 = eval view only).")
+
+    # Checkpoints.
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    checkpoint_every_seconds: float | None = Field(600.0, gt=0)
+    keep_checkpoints: int = Field(5, ge=1)
+
+    # Evaluation and export.
+    bless_threshold: float | None = Field(None, ge=0, le=1,
+                                          description="Export only checkpoints at least this accurate.")
+
+    # Hardware.
+    mixed_precision: bool | None = Field(None, description="Default: on when a GPU is present.")
+    xla: bool | None = Field(None, description="Default: on when a GPU is present.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> JobSpec:
+        from incept.nets import net_info
+
+        problems: list[str] = []
+        try:
+            info = net_info(self.model_name)
+        except ValueError as e:
+            problems.append(f"model_name: {e}")
+            info = None
+        if (self.max_steps is None) == (self.epochs is None):
+            problems.append("set exactly one of max_steps or epochs")
+        if info is not None:
+            for field in ("exclude_scopes", "trainable_scopes"):
+                for scope in getattr(self, field):
+                    if not (scope == info.scope or scope.startswith(info.scope + "/")):
+                        problems.append(f"{field}: {scope!r} is not under the model's scope {info.scope!r}")
+            if self.image_size is not None and self.image_size < info.min_image_size:
+                problems.append(f"image_size: {self.model_name} needs at least {info.min_image_size} px")
+        if self.served_model_name is not None and not NAME_RE.match(self.served_model_name):
+            problems.append("served_model_name: use letters, digits, '_', '-', '.'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def serving_name(self) -> str:
+        return self.served_model_name or Path(self.dataset).name
+
+    def resolved_image_size(self) -> int:
+        from incept.nets import net_info
+
+        return self.image_size or net_info(self.model_name).default_image_size
+
+    def dataset_dir(self, layout: Layout) -> Path:
+        """The dataset folder, resolved inside the data root (a bare name means datasets/<name>)."""
+        if "/" not in self.dataset and NAME_RE.match(self.dataset):
+            path = layout.dataset(self.dataset)
+        else:
+            path = layout.resolve_inside(self.dataset)
+        return layout.resolve_inside(path)
+
+
+def _problems(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        out.extend(f"{loc}: {m}" if loc else m for m in msg.split("; "))
+    return out
+
+
+def parse_spec(data: dict) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_problems(e)) from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read a spec from YAML or JSON; every problem is listed in one SpecError."""
+    text = Path(path).read_text()
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise SpecError([f"{path}: not valid YAML/JSON: {e}"]) from None
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}: a spec is a mapping of fields"])
+    return parse_spec(data)
