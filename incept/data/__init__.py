@@ -1,0 +1,2 @@
+"""Datasets: generated image sets, folder-of-class-folders -> TFRecords
+conversion, reading converted datasets, and downloads."""
