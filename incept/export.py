@@ -1,0 +1,201 @@
+"""Export a trained model as a SavedModel that TensorFlow Serving can load.
+
+Layout: ``<model_base>/<version>/`` with integer versions (TF Serving ignores
+other names), each holding the SavedModel plus ``manifest.json`` and
+``labels.txt``. A version is built in a hidden temporary folder beside the
+target, fsynced, then renamed into place, so TF Serving (which polls the base
+folder) never sees a half-written version. The rename is also how concurrent
+exporters agree on version numbers: renaming onto an existing (non-empty)
+version fails, and the loser takes the next number.
+
+Signature ``serving_default``:
+    images        tf.string [None]      encoded JPEG/PNG bytes
+ -> probabilities float32   [N, C]
+    classes       int32     [N, k]      k = min(5, C), best first
+    labels        string    [N, k]
+    scores        float32   [N, k]
+    ood_score     float32   [N]         higher = less like any known class
+    is_unknown    bool      [N]         ood_score above the calibrated threshold
+
+The images are decoded and preprocessed in the graph with exactly the
+evaluation preprocessing (``incept.preprocessing.decode_and_preprocess_for_eval``),
+so serving and evaluation cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from incept.fsutil import fsync_dir, fsync_tree
+
+log = logging.getLogger(__name__)
+
+SIGNATURE = "serving_default"
+TOP_K = 5
+MANIFEST = "manifest.json"
+LABELS = "labels.txt"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    version: int
+    path: Path
+
+
+def top_k(num_classes: int) -> int:
+    return min(TOP_K, num_classes)
+
+
+def list_versions(model_base: Path) -> list[int]:
+    """Integer version folders under ``model_base``, ascending (what TF Serving sees)."""
+    model_base = Path(model_base)
+    if not model_base.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_base.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def serving_outputs(model: keras.Model, pixels: tf.Tensor, class_names: Sequence[str],
+                    ood: Any = None) -> dict[str, tf.Tensor]:
+    """The signature's outputs for preprocessed ``pixels`` (also used in-process)."""
+    out = model(pixels, training=False)
+    logits = tf.cast(out["logits"], tf.float32)
+    probabilities = tf.nn.softmax(logits, axis=-1)
+    scores, classes = tf.math.top_k(probabilities, k=top_k(len(class_names)))
+    labels = tf.gather(tf.constant(list(class_names), dtype=tf.string), classes)
+    if ood is None:
+        # No calibrated score: keep the signature stable, never call anything unknown.
+        ood_score = tf.zeros_like(probabilities[:, 0])
+        is_unknown = tf.zeros_like(ood_score, dtype=tf.bool)
+    else:
+        ood_score = tf.cast(ood(logits, out["pre_logits"]), tf.float32)
+        is_unknown = ood.is_unknown(ood_score)
+    return {
+        "probabilities": probabilities,
+        "classes": tf.cast(classes, tf.int32),
+        "labels": labels,
+        "scores": scores,
+        "ood_score": ood_score,
+        "is_unknown": is_unknown,
+    }
+
+
+def build_archive(model: keras.Model, class_names: Sequence[str], *, image_size: int,
+                  ood: Any = None) -> keras.export.ExportArchive:
+    from incept.preprocessing import decode_and_preprocess_for_eval
+
+    size = int(image_size)
+    pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
+
+    def serve(images):
+        pixels = tf.map_fn(lambda b: decode_and_preprocess_for_eval(b, size), images,
+                           fn_output_signature=pixel_spec)
+        return serving_outputs(model, pixels, class_names, ood)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    if ood is not None:
+        archive.track(ood)
+    archive.add_endpoint(SIGNATURE, serve,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    return archive
+
+
+def export_model(model: keras.Model, class_names: Sequence[str], model_base: Path, *,
+                 image_size: int, ood: Any = None, manifest: dict | None = None,
+                 version: int | None = None, keep: int | None = None) -> ExportResult:
+    """Write a new version of the SavedModel under ``model_base`` atomically.
+
+    ``version=None`` takes the next free integer (racing exporters each get their
+    own); an explicit ``version`` that already exists is an error. ``keep`` removes
+    all but the newest ``keep`` versions afterwards.
+    """
+    class_names = [str(c) for c in class_names]
+    if not class_names:
+        raise ValueError("export needs at least one class name")
+    model_base = Path(model_base)
+    model_base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export.", suffix=".tmp", dir=model_base))
+    try:
+        build_archive(model, class_names, image_size=image_size, ood=ood).write_out(
+            str(tmp), verbose=False)
+        (tmp / LABELS).write_text("".join(f"{c}\n" for c in class_names))
+        info = {
+            **(manifest or {}),
+            "class_names": class_names,
+            "image_size": int(image_size),
+            "signature": SIGNATURE,
+            "top_k": top_k(len(class_names)),
+            "ood": ood.describe() if ood is not None else None,
+            "exported_at": time.time(),
+        }
+        fsync_tree(tmp)
+        chosen = _rename_to_version(tmp, model_base, info, version)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep:
+        prune_versions(model_base, keep, protect=chosen)
+    path = model_base / str(chosen)
+    log.info("exported %s", path)
+    return ExportResult(chosen, path)
+
+
+def _rename_to_version(tmp: Path, model_base: Path, info: dict, version: int | None) -> int:
+    fixed = version is not None
+    candidate = int(version) if fixed else max(list_versions(model_base), default=0) + 1
+    if candidate < 1:
+        raise ValueError(f"versions are positive integers, got {candidate}")
+    while True:
+        # The manifest names its own version, so it is (re)written per attempt.
+        manifest_path = tmp / MANIFEST
+        manifest_path.write_text(json.dumps({**info, "version": candidate}, indent=2,
+                                            sort_keys=True) + "\n")
+        with open(manifest_path, "rb") as f:
+            os.fsync(f.fileno())
+        target = model_base / str(candidate)
+        try:
+            if target.exists():
+                raise FileExistsError(errno.EEXIST, "version exists", str(target))
+            os.rename(tmp, target)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            if fixed:
+                raise FileExistsError(f"version {candidate} already exists in {model_base}") from None
+            candidate = max(max(list_versions(model_base), default=0), candidate) + 1
+            continue
+        fsync_dir(model_base)
+        return candidate
+
+
+def prune_versions(model_base: Path, keep: int, protect: int | None = None) -> list[int]:
+    """Remove all but the newest ``keep`` versions. Each is first renamed to a hidden
+    name (atomic: TF Serving sees it vanish whole), then deleted."""
+    versions = list_versions(model_base)
+    doomed = [v for v in versions[:-keep] if v != protect] if keep > 0 else []
+    for v in doomed:
+        hidden = model_base / f".removed.{v}.{os.getpid()}.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(model_base / str(v), hidden)
+            shutil.rmtree(hidden, ignore_errors=True)
+    if doomed:
+        fsync_dir(model_base)
+    return doomed
+
+
+def read_manifest(version_dir: Path) -> dict:
+    return json.loads((Path(version_dir) / MANIFEST).read_text())

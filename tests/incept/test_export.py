@@ -1,0 +1,124 @@
+"""The exported SavedModel: its signature, its agreement with in-process
+evaluation, and atomic integer versions. Real TensorFlow, the tiny net."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from incept import nets
+from incept.evaluation.open_set import OpenSetScore
+from incept.export import export_model, list_versions, read_manifest
+from incept.preprocessing import decode_and_preprocess_for_eval
+
+CLASSES = ["daisy", "dandelion", "roses"]
+SIZE = 32
+
+
+def encoded_images(n: int, fmt: str = "PNG", seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        pixels = rng.integers(0, 256, size=(40 + i, 50, 3), dtype=np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format=fmt)
+        out.append(buf.getvalue())
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    tf.keras.utils.set_random_seed(1)
+    return nets.build("tiny", num_classes=len(CLASSES), image_size=SIZE)
+
+
+def in_process(model, images: list[bytes]) -> dict[str, np.ndarray]:
+    pixels = tf.stack([decode_and_preprocess_for_eval(tf.constant(b), SIZE) for b in images])
+    out = model(pixels, training=False)
+    return {"probabilities": tf.nn.softmax(out["logits"]).numpy(),
+            "pre_logits": out["pre_logits"].numpy(), "logits": out["logits"].numpy()}
+
+
+def fitted_ood(model) -> OpenSetScore:
+    feats = in_process(model, encoded_images(12, seed=3))
+    ood = OpenSetScore("mahalanobis", len(CLASSES), feats["pre_logits"].shape[1])
+    labels = np.arange(12) % len(CLASSES)
+    ood.fit_features(feats["pre_logits"], labels)
+    scores = ood(feats["logits"], feats["pre_logits"]).numpy()
+    ood.calibrate(scores)
+    return ood
+
+
+def test_signature_names_dtypes_shapes(model, tmp_path):
+    result = export_model(model, CLASSES, tmp_path / "flowers", image_size=SIZE,
+                          manifest={"job_id": "j1", "step": 7})
+    assert result.version == 1 and result.path == tmp_path / "flowers" / "1"
+    loaded = tf.saved_model.load(str(result.path))
+    sig = loaded.signatures["serving_default"]
+    _, inputs = sig.structured_input_signature
+    assert list(inputs) == ["images"]
+    assert inputs["images"].dtype == tf.string and inputs["images"].shape.as_list() == [None]
+    outputs = sig.structured_outputs
+    expected = {"probabilities": (tf.float32, [None, 3]), "classes": (tf.int32, [None, 3]),
+                "labels": (tf.string, [None, 3]), "scores": (tf.float32, [None, 3]),
+                "ood_score": (tf.float32, [None]), "is_unknown": (tf.bool, [None])}
+    assert {k: (v.dtype, v.shape.as_list()) for k, v in outputs.items()} == expected
+
+    got = sig(images=tf.constant(encoded_images(4)))
+    assert got["probabilities"].shape == (4, 3)
+    # Without an open-set score the outputs exist and call nothing unknown.
+    assert not got["is_unknown"].numpy().any()
+    np.testing.assert_array_equal(got["ood_score"].numpy(), np.zeros(4, np.float32))
+
+    assert (result.path / "labels.txt").read_text().split() == CLASSES
+    manifest = read_manifest(result.path)
+    assert manifest["version"] == 1 and manifest["job_id"] == "j1" and manifest["step"] == 7
+    assert manifest["class_names"] == CLASSES and manifest["image_size"] == SIZE
+
+
+def test_exported_probabilities_equal_in_process(model, tmp_path):
+    ood = fitted_ood(model)
+    images = encoded_images(3, "PNG", seed=5) + encoded_images(3, "JPEG", seed=6)
+    result = export_model(model, CLASSES, tmp_path / "m", image_size=SIZE, ood=ood)
+    sig = tf.saved_model.load(str(result.path)).signatures["serving_default"]
+    got = sig(images=tf.constant(images))
+    want = in_process(model, images)
+    np.testing.assert_allclose(got["probabilities"].numpy(), want["probabilities"], atol=1e-5)
+
+    order = np.argsort(-want["probabilities"], axis=1)[:, :3]
+    np.testing.assert_array_equal(got["classes"].numpy(), order)
+    labels = [[s.decode() for s in row] for row in got["labels"].numpy()]
+    assert labels == [[CLASSES[i] for i in row] for row in order]
+
+    want_ood = ood(want["logits"], want["pre_logits"]).numpy()
+    np.testing.assert_allclose(got["ood_score"].numpy(), want_ood, rtol=1e-4, atol=1e-3)
+    threshold = read_manifest(result.path)["ood"]["threshold"]
+    np.testing.assert_array_equal(got["is_unknown"].numpy(), want_ood > threshold)
+
+
+def test_versions_are_integers_atomic_and_pruned(model, tmp_path):
+    base = tmp_path / "flowers"
+    (base / "not-a-version").mkdir(parents=True)
+    v = [export_model(model, CLASSES, base, image_size=SIZE, keep=2).version for _ in range(3)]
+    assert v == [1, 2, 3]
+    assert list_versions(base) == [2, 3]
+    # No temporary folders are left beside the versions.
+    assert sorted(p.name for p in base.iterdir()) == ["2", "3", "not-a-version"]
+    with pytest.raises(FileExistsError):
+        export_model(model, CLASSES, base, image_size=SIZE, version=3)
+    assert json.loads((base / "3" / "manifest.json").read_text())["version"] == 3
+    assert sorted(p.name for p in base.iterdir()) == ["2", "3", "not-a-version"]
+
+
+def test_failed_export_leaves_nothing(tmp_path):
+    broken = nets.build("tiny", num_classes=3, image_size=SIZE)
+    base = tmp_path / "m"
+    with pytest.raises(ValueError):
+        # Wrong image size for the net: tracing the signature fails.
+        export_model(broken, CLASSES, base, image_size=SIZE + 8)
+    assert list(base.iterdir()) == []
