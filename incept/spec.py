@@ -53,6 +53,8 @@ class JobSpec(BaseModel):
     weight_decay: float = Field(4e-5, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     aux_loss_weight: float = Field(0.4, ge=0)
+    dropout_keep_prob: float | None = Field(None, gt=0, le=1,
+                                            description="Keep probability before the logits (default: the net's, 0.8).")
     batch_size: int = Field(32, ge=1, le=4096)
     max_steps: int | None = Field(None, ge=1)
     epochs: float | None = Field(None, gt=0)

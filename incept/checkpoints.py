@@ -1,0 +1,245 @@
+"""Training checkpoints on the shared volume: what is in them, which ones are
+complete, and how to get a model back for inference.
+
+Layout: ``tf.train.CheckpointManager`` in ``runs/<job_id>/checkpoints/`` with
+prefixes ``ckpt-<step>`` (``ckpt-<step>.index`` + ``ckpt-<step>.data-*``). The
+trainer also writes ``runs/<job_id>/class_names.json`` before its first save,
+so a checkpoint stays usable after its dataset is gone.
+
+A checkpoint holds one ``tf.train.Checkpoint`` with these children:
+
+``model``
+    The Keras model built by :func:`build_model` from the job's spec (same net,
+    number of classes, image size), every variable, frozen ones included.
+``optimizer``
+    The Keras optimizer with its slots and ``iterations``.
+``step``
+    The global step (int64): the number of optimizer updates so far.
+``ema``
+    :class:`WeightAverages` when the spec sets ``moving_average_decay``.
+
+EMA design (slim's ``--moving_average_decay``): a checkpointable exponential
+moving average of the *trainable* variables, one shadow variable per variable
+keyed by its slim name. Frozen variables are not averaged: their average would
+equal their value (slim averages them too, to the same effect). After each
+update at step ``s`` (updates done before it) the shadows move with
+
+    decay_s = min(decay, (1 + s) / (10 + s))
+
+which is ``tf.train.ExponentialMovingAverage``'s ``num_updates`` warm-up as
+slim passes the global step. Without it, 0.9999 would keep the randomly
+initialised heads in the average for thousands of steps. Evaluation and export
+use the averages (``RestoredModel.ema_applied``); training itself continues
+from the raw weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from incept.errors import UserError
+from incept.layout import Layout, RunLayout
+from incept.spec import JobSpec, SpecError, parse_spec
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "ckpt"
+_PREFIX_RE = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
+_SHARD_RE = re.compile(r"\.data-(\d+)-of-(\d+)$")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, partly written or unreadable."""
+
+
+def class_names_path(run: RunLayout) -> Path:
+    return run.root / "class_names.json"
+
+
+def checkpoint_prefix(run: RunLayout, step: int) -> Path:
+    return run.checkpoints / f"{CHECKPOINT_NAME}-{int(step)}"
+
+
+def _is_complete(index: Path) -> bool:
+    """A checkpoint is complete once its index and every data shard it names
+    exist. TensorFlow writes the data shards first and the index last (each
+    via a temporary name), so a reader never sees an index without its data."""
+    try:
+        if index.stat().st_size == 0:
+            return False
+    except FileNotFoundError:
+        return False
+    prefix = index.name[: -len(".index")]
+    shards = [p for p in index.parent.glob(f"{prefix}.data-*") if _SHARD_RE.search(p.name)]
+    if not shards:
+        return False
+    total = int(_SHARD_RE.search(shards[0].name).group(2))
+    return len(shards) == total
+
+
+def list_checkpoints(run: RunLayout) -> list[int]:
+    """Steps of the complete checkpoints of a run, ascending."""
+    if not run.checkpoints.is_dir():
+        return []
+    steps = []
+    for path in run.checkpoints.iterdir():
+        m = _PREFIX_RE.match(path.name)
+        if m and _is_complete(path):
+            steps.append(int(m.group(1)))
+    return sorted(steps)
+
+
+class WeightAverages(tf.Module):
+    """Checkpointable EMA of a set of variables, keyed by slim name (see the
+    module docstring for the warm-up)."""
+
+    def __init__(self, variables: dict[str, tf.Variable], decay: float):
+        super().__init__(name="ema")
+        self.decay = float(decay)
+        self._sources = dict(variables)
+        # Checkpoint keys come from the dict keys; '/' is escaped by TensorFlow.
+        self.averages = {
+            name: tf.Variable(tf.convert_to_tensor(var), trainable=False, dtype=var.dtype,
+                              name=name.replace("/", "_"))
+            for name, var in variables.items()
+        }
+
+    def effective_decay(self, num_updates):
+        n = tf.cast(num_updates, tf.float32)
+        return tf.minimum(tf.constant(self.decay, tf.float32), (1.0 + n) / (10.0 + n))
+
+    def update(self, num_updates) -> None:
+        """Move every average towards its variable; ``num_updates`` = updates
+        done before this one."""
+        decay = self.effective_decay(num_updates)
+        for name, avg in self.averages.items():
+            value = tf.convert_to_tensor(self._sources[name])
+            avg.assign_sub((1.0 - tf.cast(decay, avg.dtype)) * (avg - tf.cast(value, avg.dtype)))
+
+    def copy_to_sources(self) -> None:
+        """Overwrite the variables with their averages (for inference)."""
+        for name, avg in self.averages.items():
+            self._sources[name].assign(tf.cast(avg, self._sources[name].dtype))
+
+
+def trainable_variables_by_name(model: keras.Model, trainable_scopes) -> dict[str, tf.Variable]:
+    """The variables that train under slim's ``--trainable_scopes`` (empty: all
+    trainable ones), by slim name, in the model's order. Batch-norm moving
+    statistics never count: they are updated, not trained."""
+    from incept.nets import slim_variables, variables_under
+
+    candidates = variables_under(model, trainable_scopes) if trainable_scopes else slim_variables(model)
+    trainable_ids = {id(v) for v in model.trainable_weights} | {
+        id(v) for layer in model.layers for v in layer.trainable_weights}
+    out = {}
+    for name, var in candidates.items():
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf in ("moving_mean", "moving_variance"):
+            continue
+        if trainable_scopes or id(var) in trainable_ids:
+            out[name] = var
+    return out
+
+
+def build_model(spec: JobSpec, num_classes: int) -> keras.Model:
+    """The model a job trains and its checkpoints hold."""
+    from incept.nets import build
+
+    kwargs = {}
+    if spec.dropout_keep_prob is not None:
+        kwargs["dropout_keep_prob"] = spec.dropout_keep_prob
+    return build(spec.model_name, num_classes, image_size=spec.resolved_image_size(), **kwargs)
+
+
+def make_checkpoint(model: keras.Model, *, optimizer=None, step: tf.Variable | None = None,
+                    ema: WeightAverages | None = None) -> tf.train.Checkpoint:
+    children = {"model": model}
+    if optimizer is not None:
+        children["optimizer"] = optimizer
+    if step is not None:
+        children["step"] = step
+    if ema is not None:
+        children["ema"] = ema
+    return tf.train.Checkpoint(**children)
+
+
+def make_manager(checkpoint: tf.train.Checkpoint, directory: Path, keep: int) -> tf.train.CheckpointManager:
+    return tf.train.CheckpointManager(checkpoint, str(directory), max_to_keep=keep,
+                                      checkpoint_name=CHECKPOINT_NAME)
+
+
+def load_run_spec(run: RunLayout) -> JobSpec:
+    try:
+        data = json.loads(run.spec.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"job {run.job_id!r}: no spec at {run.spec}") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"job {run.job_id!r}: unreadable spec.json: {e}") from None
+    try:
+        return parse_spec(data)
+    except SpecError as e:
+        raise CheckpointError(f"job {run.job_id!r}: {e}") from None
+
+
+def load_class_names(run: RunLayout, spec: JobSpec, layout: Layout) -> list[str]:
+    path = class_names_path(run)
+    if path.exists():
+        return list(json.loads(path.read_text()))
+    from incept.data.dataset import DatasetInfo
+
+    try:
+        return list(DatasetInfo.load(spec.dataset_dir(layout)).class_names)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"job {run.job_id!r}: no class names ({path} missing and the "
+                              f"dataset is unreadable: {e})") from None
+
+
+@dataclass
+class RestoredModel:
+    model: keras.Model
+    spec: JobSpec
+    step: int
+    class_names: list[str]
+    ema_applied: bool
+
+
+def restore_for_inference(run: RunLayout, step: int | None = None,
+                          layout: Layout | None = None) -> RestoredModel:
+    """The model of checkpoint ``step`` (default: the newest complete one), with
+    the EMA weights swapped in when the spec set ``moving_average_decay``."""
+    layout = layout or Layout(run.root.parent.parent)
+    steps = list_checkpoints(run)
+    if step is None:
+        if not steps:
+            raise CheckpointError(f"job {run.job_id!r} has no complete checkpoint yet")
+        step = steps[-1]
+    elif int(step) not in steps:
+        raise CheckpointError(f"job {run.job_id!r} has no complete checkpoint at step {step} "
+                              f"(complete: {steps or 'none'})")
+    step = int(step)
+    spec = load_run_spec(run)
+    class_names = load_class_names(run, spec, layout)
+    model = build_model(spec, len(class_names))
+    ema = None
+    if spec.moving_average_decay:
+        ema = WeightAverages(trainable_variables_by_name(model, spec.trainable_scopes),
+                             spec.moving_average_decay)
+    checkpoint = make_checkpoint(model, ema=ema)
+    prefix = checkpoint_prefix(run, step)
+    try:
+        status = checkpoint.read(str(prefix))
+        status.assert_existing_objects_matched().expect_partial()
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"job {run.job_id!r}: checkpoint {prefix.name} is unreadable or "
+                              f"does not match its spec: {str(e).splitlines()[0][:300]}") from None
+    if ema is not None:
+        ema.copy_to_sources()
+    return RestoredModel(model=model, spec=spec, step=step, class_names=class_names,
+                         ema_applied=ema is not None)
