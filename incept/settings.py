@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     max_unpacked_bytes: int = 8 * 1024**3
     max_compression_ratio: float = 200.0
 
+    # CLI client (incept submit/status/watch/predict); default: the local stack's state file.
+    gateway_url: str | None = Field(None, description="Gateway the CLI client talks to.")
+    api_token: str | None = Field(None, description="Bearer token the CLI client sends.")
+
     # Launchers
     launcher: Literal["local", "kubernetes"] = "local"
     k8s_namespace: str = "incept"
