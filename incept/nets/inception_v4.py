@@ -18,13 +18,12 @@ same name), e.g. ``model.get_layer("Mixed_6h.concat")``.
 
 Input sizes other than 299: any size >= 75 px builds. The final average pool
 is global, as slim's ``AvgPool_1a`` (its kernel is the whole map). The aux
-head's ``AvgPool_1a_5x5`` (5x5, stride 3, VALID) needs a 5x5 Mixed_6h map,
-i.e. >= 139 px input; below that slim cannot build the head at all, so here
-the pool kernel shrinks to the map size (e.g. 3x3 at 75 px). ``Conv2d_2a``'s
-kernel is, as in slim, the spatial size of its input (5x5 at 299 px), so its
-weights only fit the checkpoint at sizes with the same aux map size
-(283..299 px give 5x5); at other sizes exclude ``InceptionV4/AuxLogits`` when
-loading the official checkpoint.
+head's ``AvgPool_1a_5x5`` (5x5, stride 3, VALID) needs a Mixed_6h map of at
+least 5x5, i.e. >= 107 px input; below that slim cannot build the head at all,
+so here the pool kernel shrinks to the map size (3x3 at 75 px). As in slim,
+``Conv2d_2a``'s kernel is the spatial size of its input (5x5 at 299 px), so its
+weights fit the official checkpoint only for inputs of 299..346 px; at other
+sizes exclude ``InceptionV4/AuxLogits`` when loading it.
 """
 
 from __future__ import annotations
@@ -180,7 +179,7 @@ def inception_c(x, wd, name: str):
 
 def aux_head(x, num_classes: int, wd, name: str = "AuxLogits"):
     """Auxiliary classifier on Mixed_6h; returns (aux_pre_logits, aux_logits)."""
-    # slim: 5x5 stride 3 VALID; shrunk to the map for inputs under 139 px (see module doc).
+    # slim: 5x5 stride 3 VALID; shrunk to the map for inputs under 107 px (see module doc).
     pool = min(5, x.shape[1], x.shape[2])
     x = layers.AveragePooling2D(pool, strides=3, padding="valid", name=f"{name}.AvgPool_1a_5x5")(x)
     x = conv2d_bn(x, 128, 1, name=f"{name}.Conv2d_1b_1x1", **wd)

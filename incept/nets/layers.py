@@ -10,13 +10,19 @@ BATCH_NORM_MOMENTUM = 0.9997
 BATCH_NORM_EPSILON = 0.001
 
 
+def _conv_initializer():
+    # slim's variance_scaling_initializer() default: He init, truncated normal over fan-in.
+    return keras.initializers.VarianceScaling(2.0, mode="fan_in", distribution="truncated_normal")
+
+
 def conv2d_bn(x, filters: int, kernel_size, strides=1, padding: str = "same", *,
               name: str, weight_decay: float = 0.0):
     """slim.conv2d with batch norm and ReLU: a bias-free convolution named ``name``
     followed by ``name.BatchNorm`` (no gamma, as slim's ``scale=False``)."""
     regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
-                      kernel_regularizer=regularizer, name=name)(x)
+                      kernel_initializer=_conv_initializer(), kernel_regularizer=regularizer,
+                      name=name)(x)
     x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
                                   scale=False, name=f"{name}.BatchNorm")(x)
     return layers.Activation("relu", name=f"{name}.Relu")(x)
