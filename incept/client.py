@@ -1,0 +1,215 @@
+"""A small HTTP client for the gateway's /v1 API, used by the CLI client
+(``incept submit|status|watch``), the demo job, the load benchmark and the
+end-to-end tests — everything they do goes over HTTP exactly as a user's would.
+
+Where the gateway is: ``--url``/``--token``, else INCEPT_GATEWAY_URL /
+INCEPT_API_TOKEN, else the local stack's state file (``incept up``), else
+http://127.0.0.1:8000."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from incept.errors import UserError
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class GatewayError(UserError):
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass
+class Event:
+    id: str | None
+    type: str
+    data: Any
+
+
+def resolve_endpoint(url: str | None = None, token: str | None = None,
+                     data_root: str | Path | None = None) -> tuple[str, str | None]:
+    """The gateway URL and token to use, by the precedence in the module docstring."""
+    from incept.settings import Settings
+    from incept.stack import read_state
+
+    settings = Settings()
+    url = url or settings.gateway_url
+    token = token or settings.api_token
+    if url is None or token is None:
+        state = read_state(data_root or settings.data_root) or {}
+        if url is None and state.get("url"):
+            url = state["url"]
+            token = token or state.get("token")
+        token = token or (settings.tokens()[0] if settings.tokens() else None)
+    return (url or DEFAULT_URL).rstrip("/"), token
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):  # FastAPI validation errors
+        return "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" if isinstance(d, dict)
+            else str(d) for d in detail)
+    return detail if isinstance(detail, str) else json.dumps(detail)
+
+
+class GatewayClient:
+    def __init__(self, url: str, token: str | None = None, timeout_s: float = 30.0):
+        self.url = url.rstrip("/")
+        self.token = token
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def request(self, method: str, path: str, *, ok: tuple[int, ...] = (200, 201, 202),
+                **kw) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kw)
+        except httpx.TransportError as e:
+            raise GatewayError(f"cannot reach the gateway at {self.url} ({e.__class__.__name__}); "
+                               "is it running? ('make up' or 'incept up --detach')") from None
+        if response.status_code in ok:
+            return response
+        if response.status_code == 401:
+            raise GatewayError(f"the gateway at {self.url} refused the request: missing or wrong "
+                               "API token (--token or INCEPT_API_TOKEN)", 401)
+        raise GatewayError(f"{method} {path}: {response.status_code} {_detail(response)}",
+                           response.status_code)
+
+    def get_json(self, path: str, **kw) -> Any:
+        return self.request("GET", path, **kw).json()
+
+    # -- API ----------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        try:
+            return self.http.get("/healthz", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def submit(self, spec: dict) -> dict:
+        body = self.request("POST", "/v1/jobs", json=spec).json()
+        body.setdefault("job_id", body.get("id"))
+        return body
+
+    def job(self, job_id: str) -> dict:
+        return self.get_json(f"/v1/jobs/{job_id}")
+
+    def jobs(self) -> list[dict]:
+        body = self.get_json("/v1/jobs")
+        return body.get("jobs", body) if isinstance(body, dict) else body
+
+    def cancel(self, job_id: str) -> dict:
+        return self.request("DELETE", f"/v1/jobs/{job_id}").json()
+
+    def upload_dataset(self, name: str, archive: Path) -> dict:
+        with open(archive, "rb") as f:
+            return self.request("POST", "/v1/datasets", params={"name": name},
+                                files={"file": (archive.name, f, "application/gzip")},
+                                timeout=600.0).json()
+
+    def dataset(self, name: str) -> dict | None:
+        try:
+            return self.get_json(f"/v1/datasets/{name}")
+        except GatewayError as e:
+            if e.status_code == 404:
+                return None
+            raise
+
+    def models(self) -> list[dict]:
+        body = self.get_json("/v1/models")
+        return body.get("models", body) if isinstance(body, dict) else body
+
+    def predict(self, model: str, images: list[bytes], *, timeout_s: float = 60.0) -> dict:
+        files = [("files", (f"image{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+        return self.request("POST", f"/v1/models/{model}:predict", files=files,
+                            timeout=timeout_s).json()
+
+    def events(self, job_id: str, after: str | None = None, *, reconnect_s: float = 120.0,
+               stop_on_terminal: bool = True) -> Iterator[Event]:
+        """The job's server-sent events, live. A dropped connection (the gateway
+        restarting) is resumed from the last event id for up to ``reconnect_s``."""
+        from incept.jobstate import TERMINAL_STATES
+
+        last = after
+        down_since: float | None = None
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last:
+                headers["Last-Event-ID"] = last
+            try:
+                with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                      timeout=httpx.Timeout(30.0, read=None)) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        raise GatewayError(f"events of {job_id}: {response.status_code} "
+                                           f"{_detail(response)}", response.status_code)
+                    down_since = None
+                    for event in _parse_sse(response.iter_lines()):
+                        if event.id:
+                            last = event.id
+                        yield event
+                        if stop_on_terminal and event.type == "state" and \
+                                isinstance(event.data, dict) and event.data.get("state") in TERMINAL_STATES:
+                            return
+                # The server closed the stream (the job is over, or the gateway stopped).
+                if stop_on_terminal and self.job(job_id).get("state") in TERMINAL_STATES:
+                    return
+            except (httpx.TransportError, httpx.RemoteProtocolError):
+                pass
+            now = time.monotonic()
+            down_since = down_since or now
+            if now - down_since > reconnect_s:
+                raise GatewayError(f"lost the event stream of {job_id} at {self.url}")
+            time.sleep(1.0)
+
+
+def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:
+    """Server-sent events (the WHATWG format): fields until a blank line."""
+    eid, kind, data = None, "message", []
+    for line in lines:
+        if not line:
+            if data:
+                text = "\n".join(data)
+                try:
+                    payload = json.loads(text)
+                except json.JSONDecodeError:
+                    payload = text
+                if isinstance(payload, dict) and kind == "message" and "type" in payload:
+                    kind, payload = payload["type"], payload.get("data", payload)
+                yield Event(eid, kind, payload)
+            eid, kind, data = None, "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            kind = value
+        elif name == "id":
+            eid = value

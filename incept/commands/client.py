@@ -1,0 +1,190 @@
+"""``incept submit SPEC``, ``incept status [JOB]``, ``incept watch JOB``: the
+command-line client of the gateway (``incept.client``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from incept.client import GatewayClient, resolve_endpoint
+
+
+def _add_endpoint(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=None,
+                        help="gateway URL (default: INCEPT_GATEWAY_URL, else the local stack's)")
+    parser.add_argument("--token", default=None,
+                        help="API token (default: INCEPT_API_TOKEN, else the local stack's)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="find the local stack's URL and token under this data root")
+
+
+def _client(args: argparse.Namespace) -> GatewayClient:
+    url, token = resolve_endpoint(args.url, args.token, args.data_root)
+    return GatewayClient(url, token)
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", type=Path, help="job spec (YAML or JSON)")
+    parser.add_argument("--watch", action="store_true", help="then follow its progress")
+    _add_endpoint(parser)
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", nargs="?", help="a job id (default: list the jobs)")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON")
+    _add_endpoint(parser)
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="a job id")
+    _add_endpoint(parser)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from incept.spec import load_spec
+
+    spec = load_spec(args.spec)  # every problem listed before anything is sent
+    with _client(args) as client:
+        body = client.submit(spec.model_dump(mode="json", exclude_unset=True))
+        job_id = body["job_id"]
+        print(f"submitted {job_id}" + (f"  {client.url}{body['url']}" if str(body.get("url", "")
+                                                                             ).startswith("/")
+                                       else f"  {body['url']}" if body.get("url") else ""))
+        if args.watch:
+            return watch(client, job_id)
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    console = Console()
+    with _client(args) as client:
+        data = client.job(args.job) if args.job else client.jobs()
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif args.job:
+        console.print(job_panel(data))
+    else:
+        console.print(jobs_table(data))
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return watch(client, args.job)
+
+
+# ---------------------------------------------------------------------------
+# Rendering
+
+
+def _fmt(value, spec: str = ".4g") -> str:
+    if value is None or value == "":
+        return "-"
+    try:
+        return format(float(value), spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def evaluations_of(job: dict) -> list[dict]:
+    evals = job.get("evaluations") or job.get("evals") or []
+    return sorted((e for e in evals if isinstance(e, dict)), key=lambda e: e.get("step", 0))
+
+
+def jobs_table(jobs: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="jobs")
+    for col in ("job", "state", "step", "loss", "best accuracy", "versions", "model"):
+        table.add_column(col)
+    for job in jobs:
+        best = job.get("best") or {}
+        step = f"{job.get('step', '-')}/{job.get('max_steps', '-')}"
+        versions = job.get("exported_versions") or []
+        table.add_row(str(job.get("job_id") or job.get("id")), str(job.get("state", "-")), step,
+                      _fmt(job.get("loss")), _fmt(best.get("accuracy"), ".3f"),
+                      ",".join(str(v) for v in versions) or "-",
+                      str(job.get("model_name") or job.get("served_model") or "-"))
+    return table
+
+
+def job_panel(job: dict):
+    from rich.console import Group
+    from rich.table import Table
+
+    head = Table.grid(padding=(0, 2))
+    for key in ("job_id", "state", "step", "max_steps", "loss", "learning_rate", "images_per_sec",
+                "eta_s", "last_checkpoint_step", "model_name", "exported_versions", "error"):
+        if job.get(key) not in (None, "", []):
+            head.add_row(key, str(job[key]))
+    best = job.get("best") or {}
+    if best:
+        head.add_row("best", f"step {best.get('step')} accuracy {_fmt(best.get('accuracy'), '.3f')}")
+    evals = Table(title="evaluations")
+    for col in ("step", "accuracy", "recall@5", "loss"):
+        evals.add_column(col)
+    for e in evaluations_of(job):
+        evals.add_row(str(e.get("step")), _fmt(e.get("accuracy"), ".3f"),
+                      _fmt(e.get("recall_at_5"), ".3f"), _fmt(e.get("loss")))
+    return Group(head, evals) if evals.row_count else head
+
+
+def watch(client: GatewayClient, job_id: str, console=None) -> int:
+    """Follow a job live from its event stream: a progress bar for the steps,
+    one line per evaluation and export. Returns 0 if the job succeeded."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = console or Console()
+    job = client.job(job_id)
+    total = job.get("max_steps")
+    progress = Progress(TextColumn("[bold]{task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}  {task.fields[ips]} img/s"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    state = job.get("state")
+    with progress:
+        task = progress.add_task("train", total=total, completed=job.get("step") or 0, job=job_id,
+                                 loss=_fmt(job.get("loss")), ips=_fmt(job.get("images_per_sec"), ".0f"))
+        if state in ("succeeded", "failed", "cancelled"):
+            events = iter(())
+        else:
+            events = client.events(job_id)
+        for event in events:
+            data = event.data if isinstance(event.data, dict) else {}
+            if event.type == "progress":
+                fields = {"completed": data.get("step", 0)}
+                if data.get("max_steps"):
+                    fields["total"] = data["max_steps"]
+                progress.update(task, loss=_fmt(data.get("loss")),
+                                ips=_fmt(data.get("images_per_sec"), ".0f"), **fields)
+            elif event.type == "checkpoint":
+                progress.console.print(f"  checkpoint at step {data.get('step')}")
+            elif event.type == "eval":
+                progress.console.print(
+                    f"  evaluated step {data.get('step')}: accuracy {_fmt(data.get('accuracy'), '.3f')}"
+                    f"  recall@5 {_fmt(data.get('recall_at_5'), '.3f')}  loss {_fmt(data.get('loss'))}")
+            elif event.type == "export":
+                progress.console.print(f"  [green]exported[/] {data.get('model')} version "
+                                       f"{data.get('version')}")
+            elif event.type == "error":
+                progress.console.print(f"  [red]error[/]: {data.get('error') or data}")
+            elif event.type == "state":
+                state = data.get("state", state)
+                if data.get("max_steps"):
+                    progress.update(task, total=data["max_steps"])
+                progress.console.print(f"  state: {state}")
+    job = client.job(job_id)
+    state = job.get("state", state)
+    console.print(f"{job_id}: {state}" + (f" — {job['error']}" if job.get("error") else ""))
+    return 0 if state == "succeeded" else 1
