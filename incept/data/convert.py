@@ -139,7 +139,9 @@ def scan_source(src_dir: str | Path) -> _Source:
             f"{root} has {len(classes)} non-empty class folder(s)"
             + (f" ({', '.join(classes)})" if classes else "")
             + "; need at least 2: one folder per class, images inside"
-            + (f" (empty: {', '.join(empty)})" if empty else ""))
+            + (f" (empty: {', '.join(empty)})" if empty else "")
+            + (f"; {len(stray)} file(s) lie at the top level, outside any class folder"
+               if stray else ""))
     return _Source(root, classes, files, stray, empty, hidden, stat_hash.hexdigest())
 
 
