@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     # Launchers
     launcher: Literal["local", "kubernetes"] = "local"
     k8s_namespace: str = "incept"
-    k8s_job_template: Path = Path("k8s/base/trainer-job-template.yaml")
+    k8s_job_template: Path = Path("k8s/base/trainer/job-template.yaml")
+    k8s_kubeconfig: Path | None = Field(
+        None, description="A kubeconfig for the Kubernetes launcher (default: in-cluster, else ~/.kube/config).")
     trainer_image: str = "incept-trainer:0.1.0"
 
     # Evaluator
