@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     # Evaluator
     reconcile_interval_s: float = 30.0
     keep_versions: int = 5
+    eval_lock_ttl_s: float = Field(
+        15.0, gt=0, description="A killed evaluator's per-checkpoint lock expires after this long.")
 
     @field_validator("api_tokens", mode="before")
     @classmethod
