@@ -132,13 +132,11 @@ END_POINTS = ["Mixed_3a", "Mixed_4a", "Mixed_5a", "Mixed_5b", "Mixed_5e", "Mixed
 
 
 @pytest.fixture(scope="module")
-def small_net(tmp_path_factory):
+def small_net(tmp_path_factory, write_slim_checkpoint, slim_values):
     """The 75 px net with a random slim checkpoint loaded, and that checkpoint."""
     model = nets.build("inception_v4", NUM_CLASSES, image_size=75)
-    from conftest import random_slim_values, save_slim_checkpoint
-
-    values = random_slim_values({n: tuple(v.shape) for n, v in nets.slim_variables(model).items()}, seed=7)
-    prefix = save_slim_checkpoint(tmp_path_factory.mktemp("slim") / "inception_v4.ckpt",
+    values = slim_values({n: tuple(v.shape) for n, v in nets.slim_variables(model).items()}, seed=7)
+    prefix = write_slim_checkpoint(tmp_path_factory.mktemp("slim") / "inception_v4.ckpt",
                                   {**values, "global_step": np.array(10, np.int64)})
     report = nets.load_slim_checkpoint(model, prefix)
     return model, values, report
