@@ -1,0 +1,67 @@
+"""Choosing a ``tf.distribute`` strategy from the environment.
+
+- ``TF_CONFIG`` set (any cluster spec with more than one task): MultiWorkerMirroredStrategy.
+- A Kubernetes Indexed Job: ``JOB_COMPLETION_INDEX`` (set by Kubernetes) plus
+  ``INCEPT_WORKER_HOSTS`` (comma-separated stable host names of the pods behind
+  a headless Service, e.g. ``incept-train-x-0.incept-train-x,incept-train-x-1.incept-train-x``)
+  and ``INCEPT_WORKER_PORT`` (default 12345): ``TF_CONFIG`` is built from them,
+  worker index = completion index, worker 0 is the chief.
+- Otherwise MirroredStrategy over the local GPUs when there are several, else
+  the default (no-op) strategy.
+
+The strategy must exist before any other TensorFlow op runs in the process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+DEFAULT_WORKER_PORT = 12345
+
+
+def tf_config_from_indexed_job(env=os.environ) -> dict | None:
+    hosts = [h.strip() for h in env.get("INCEPT_WORKER_HOSTS", "").split(",") if h.strip()]
+    index = env.get("JOB_COMPLETION_INDEX")
+    if not hosts or index is None or len(hosts) < 2:
+        return None
+    port = int(env.get("INCEPT_WORKER_PORT", DEFAULT_WORKER_PORT))
+    workers = [h if ":" in h else f"{h}:{port}" for h in hosts]
+    return {"cluster": {"worker": workers}, "task": {"type": "worker", "index": int(index)}}
+
+
+def cluster_size(tf_config: dict) -> int:
+    return sum(len(v) for v in tf_config.get("cluster", {}).values())
+
+
+def make_strategy(env=os.environ) -> tf.distribute.Strategy:
+    if "TF_CONFIG" not in env:
+        built = tf_config_from_indexed_job(env)
+        if built is not None:
+            os.environ["TF_CONFIG"] = json.dumps(built)
+    raw = os.environ.get("TF_CONFIG")
+    if raw and cluster_size(json.loads(raw)) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and
+                                    "chief" not in resolver.cluster_spec().as_dict())
+
+
+def worker_index(strategy: tf.distribute.Strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(resolver.task_id or 0) if resolver is not None and resolver.task_id is not None else 0
+
+
+def has_gpu() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))

@@ -1,0 +1,351 @@
+"""One training job, from ``runs/<id>/spec.json`` to its final checkpoint.
+
+The loop: build the model for the spec (under the ``tf.distribute`` strategy),
+load the base checkpoint, restore the newest good checkpoint of the run if
+there is one (falling back past a corrupt one, loudly), then step until
+``max_steps``, a stop (SIGTERM, cancel flag) or an error. Checkpoints every N
+steps and/or seconds, plus a final one; after each, an eval request.
+
+Frozen layers (outside ``trainable_scopes``) get Keras ``trainable=False``, so
+they run in inference mode even in a training step: batch norm uses its moving
+statistics. That makes the backbone a fixed function, which is what allows
+the head-only path to train on cached features and produce the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from incept.checkpoints import (
+    CheckpointError,
+    WeightAverages,
+    build_model,
+    checkpoint_prefix,
+    class_names_path,
+    list_checkpoints,
+    load_run_spec,
+    make_checkpoint,
+    make_manager,
+    trainable_variables_by_name,
+)
+from incept.errors import UserError
+from incept.fsutil import write_json_atomic
+from incept.layout import Layout
+from incept.spec import JobSpec
+from incept.training import distribute, features, inputs, optim
+from incept.training.redis_link import RedisLink
+from incept.training.reporting import Reporter
+
+log = logging.getLogger("incept.trainer")
+
+
+@dataclass
+class TrainResult:
+    job_id: str
+    state: str  # succeeded | cancelled | preempted
+    step: int
+    max_steps: int
+    path: str  # head_only | full
+    resumed_from: int | None = None
+    checkpoints: list[int] = field(default_factory=list)
+    unsent_evals: list[int] = field(default_factory=list)
+    images_per_sec: float = 0.0
+    feature_seconds: float = 0.0
+
+
+def is_head_only(spec: JobSpec) -> bool:
+    """slim's trainable_scopes are all within the net's logits heads."""
+    from incept.nets import net_info
+
+    heads = net_info(spec.model_name).head_scopes
+    return bool(spec.trainable_scopes) and all(
+        any(s.rstrip("/") == h or s.startswith(h + "/") for h in heads) for s in spec.trainable_scopes)
+
+
+def resolve_checkpoint(layout: Layout, value: str | None) -> Path | None:
+    if not value:
+        return None
+    p = Path(value)
+    if p.is_absolute():
+        return p
+    for base in (layout.root, layout.pretrained):
+        if Path(f"{base / p}.index").exists():
+            return base / p
+    return layout.resolve_inside(p)
+
+
+class _Stop:
+    """Why the loop should stop: set from a signal handler, the cancel poller
+    or the caller."""
+
+    def __init__(self):
+        self.reason: str | None = None
+        self.event = threading.Event()
+
+    def set(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.event.set()
+
+
+def _set_trainable(model: keras.Model, scopes) -> None:
+    from incept.nets import layers_under
+
+    if not scopes:
+        return
+    train = {id(layer) for layer in layers_under(model, scopes)}
+    for layer in model.layers:
+        layer.trainable = id(layer) in train
+
+
+def _restore_newest(checkpoint: tf.train.Checkpoint, run, reporter: Reporter) -> int | None:
+    for step in reversed(list_checkpoints(run)):
+        prefix = checkpoint_prefix(run, step)
+        try:
+            checkpoint.read(str(prefix)).assert_existing_objects_matched()
+            return step
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as e:
+            reporter.error(f"CHECKPOINT {prefix.name} OF JOB {run.job_id} IS CORRUPT "
+                           f"({str(e).splitlines()[0][:200]}); falling back to the one before")
+    return None
+
+
+def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: str = "auto",
+          progress_interval_s: float = 5.0, stop: _Stop | None = None,
+          handle_signals: bool = True, show_bar: bool | None = None) -> TrainResult:
+    strategy = distribute.make_strategy()
+    chief = distribute.is_chief(strategy)
+    run = layout.run(job_id)
+    try:
+        spec = load_run_spec(run)
+    except CheckpointError as e:
+        raise UserError(str(e)) from None
+
+    from incept.data.dataset import DatasetInfo
+
+    dataset_dir = spec.dataset_dir(layout)
+    info = DatasetInfo.load(dataset_dir)
+    num_train = info.count("train")
+    if num_train == 0:
+        raise UserError(f"dataset {dataset_dir} has no training images")
+    if num_train < spec.batch_size:
+        raise UserError(f"dataset {dataset_dir} has {num_train} training images, fewer than "
+                        f"batch_size {spec.batch_size}")
+    if chief and not class_names_path(run).exists():
+        write_json_atomic(class_names_path(run), list(info.class_names))
+
+    max_steps = optim.steps_for(spec, num_train)
+    link = RedisLink(redis_url, job_id) if (redis_url and chief) else None
+    reporter = Reporter(run, link, chief=chief, max_steps=max_steps, show_bar=show_bar)
+    stop = stop or _Stop()
+    previous_handler = None
+    if handle_signals and threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.set("preempted"))
+    try:
+        return _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, reporter,
+                      link, stop, max_steps, path, progress_interval_s)
+    except BaseException as e:
+        reporter.state("failed", error=str(e)[:2000])
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        reporter.close()
+        if link is not None:
+            link.close()
+
+
+def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, reporter, link, stop,
+           max_steps, path, progress_interval_s) -> TrainResult:
+    num_classes, num_train = info.num_classes, info.count("train")
+    mixed = spec.mixed_precision if spec.mixed_precision is not None else distribute.has_gpu()
+    xla = spec.xla if spec.xla is not None else distribute.has_gpu()
+    head_only = path == "head_only" or (path == "auto" and is_head_only(spec))
+    if path == "head_only" and not is_head_only(spec):
+        raise UserError("the head-only path needs trainable_scopes within the net's heads")
+    image_size = spec.resolved_image_size()
+    replicas = strategy.num_replicas_in_sync
+    if spec.batch_size % replicas:
+        raise UserError(f"batch_size {spec.batch_size} is not divisible by {replicas} replicas")
+
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(spec.seed)
+    base = resolve_checkpoint(layout, spec.checkpoint)
+    with strategy.scope():
+        model = build_model(spec, num_classes)
+        if base is not None:
+            from incept.nets import load_slim_checkpoint
+
+            report = load_slim_checkpoint(model, base, exclude_scopes=spec.exclude_scopes,
+                                          ignore_missing=spec.ignore_missing_vars)
+            log.info("base checkpoint %s: %s", base, report.summary())
+        _set_trainable(model, spec.trainable_scopes)
+        train_vars = trainable_variables_by_name(model, spec.trainable_scopes)
+        if not train_vars:
+            raise UserError(f"trainable_scopes {spec.trainable_scopes} select no variable")
+        var_list = list(train_vars.values())
+        optimizer = optim.make_optimizer(spec, num_train, mixed_precision=mixed)
+        optimizer.build(var_list)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+        ema = WeightAverages(train_vars, spec.moving_average_decay) if spec.moving_average_decay else None
+    checkpoint = make_checkpoint(model, optimizer=optimizer, step=step_var, ema=ema)
+    manager_dir = run.checkpoints if chief else Path(tempfile.mkdtemp(prefix=f"incept-{job_id}-w"))
+    manager = make_manager(checkpoint, manager_dir, spec.keep_checkpoints)
+
+    resumed_from = _restore_newest(checkpoint, run, reporter)
+    if resumed_from is not None:
+        log.info("job %s resumes from step %d", job_id, resumed_from)
+    step = int(optimizer.iterations.numpy())
+    reporter.state("running", step=step, max_steps=max_steps, resumed_from=resumed_from,
+                   path="head_only" if head_only else "full")
+
+    # Inputs.
+    global_batch = spec.batch_size
+    feature_seconds = 0.0
+    if head_only:
+        cache_key = features.backbone_key(spec.model_name, image_size, base, spec.seed)
+        feats = features.split_features(model, layout.feature_cache, cache_key, dataset_dir, "train",
+                                        image_size, spec.augmented_views if spec.augment else 0, spec.seed)
+        feature_seconds = feats.compute_seconds
+        log.info("head-only: features for %d images (%d views cached, %d computed in %.1f s)",
+                 len(feats.labels), feats.hits, feats.computed, feats.compute_seconds)
+        ds = features.feature_batches(feats, global_batch, seed=spec.seed,
+                                      shuffle_buffer=inputs.shuffle_buffer(num_train))
+    else:
+        ds = inputs.train_images(dataset_dir, info, image_size, global_batch, augment=spec.augment,
+                                 seed=spec.seed)
+    # Skip what a resumed job has consumed, so it continues the same stream.
+    if step:
+        ds = ds.skip(step)
+    ds = ds.with_options(inputs.shard_options())
+    iterator = iter(strategy.experimental_distribute_dataset(ds))
+
+    net = __import__("incept.nets", fromlist=["net_info"]).net_info(spec.model_name)
+    logits_layer = model.get_layer(net.head_layers[0])
+    aux_layer = next((model.get_layer(n) for n in net.head_layers[1:]
+                      if any(layer.name == n for layer in model.layers)), None)
+    dropout = model.get_layer(net.dropout_layer)
+    compute_dtype = keras.mixed_precision.global_policy().compute_dtype
+
+    def forward(x, training):
+        if not head_only:
+            return model(x, training=training)
+        out = {"logits": logits_layer(dropout(tf.cast(x["pre_logits"], compute_dtype),
+                                              training=training))}
+        if aux_layer is not None and "aux_pre_logits" in x:
+            out["aux_logits"] = aux_layer(tf.cast(x["aux_pre_logits"], compute_dtype))
+        return out
+
+    kernels = [v for n, v in train_vars.items() if n.endswith("/weights")]
+
+    def losses(outputs, labels):
+        onehot = tf.one_hot(labels, num_classes)
+        per_example = keras.losses.categorical_crossentropy(
+            onehot, tf.cast(outputs["logits"], tf.float32), from_logits=True,
+            label_smoothing=spec.label_smoothing)
+        total = per_example
+        if "aux_logits" in outputs and spec.aux_loss_weight:
+            total = total + spec.aux_loss_weight * keras.losses.categorical_crossentropy(
+                onehot, tf.cast(outputs["aux_logits"], tf.float32), from_logits=True,
+                label_smoothing=spec.label_smoothing)
+        loss = tf.nn.compute_average_loss(total, global_batch_size=global_batch)
+        if spec.weight_decay and kernels:
+            # slim's l2_regularizer: weight_decay * sum(w^2) / 2, once across replicas.
+            loss += spec.weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(k, tf.float32))
+                                                  for k in kernels]) / replicas
+        return loss
+
+    @tf.function(jit_compile=bool(xla))
+    def compute_gradients(x, labels):
+        with tf.GradientTape() as tape:
+            loss = losses(forward(x, training=True), labels)
+            scaled = optimizer.scale_loss(loss) if mixed else loss
+        return loss, tape.gradient(scaled, var_list)
+
+    def replica_step(x, labels):
+        loss, grads = compute_gradients(x, labels)
+        optimizer.apply_gradients(zip(grads, var_list, strict=True))
+        return loss
+
+    @tf.function
+    def train_step(it):
+        x, labels = next(it)
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                               strategy.run(replica_step, args=(x, labels)), axis=None)
+        if ema is not None:
+            ema.update(tf.cast(optimizer.iterations, tf.int64) - 1)
+        return loss
+
+    saved: list[int] = []
+
+    def save(step: int) -> None:
+        step_var.assign(step)
+        manager.save(checkpoint_number=step)
+        if chief:
+            saved.append(step)
+            reporter.checkpoint(step)
+        else:
+            # Every worker takes part in saving; only the chief's copy is kept.
+            shutil.rmtree(manager_dir, ignore_errors=True)
+
+    if not head_only and chief and step == 0:
+        sample = next(iter(ds.take(1)))[0]
+        reporter.images(sample)
+
+    t_start = time.monotonic()
+    last_save_t, last_report_t = t_start, t_start
+    report_step, report_images_t = step, t_start
+    images_per_sec, loss_value = 0.0, float("nan")
+    steps_per_epoch = num_train / global_batch
+    while step < max_steps:
+        if link is not None and link.cancel_requested.is_set():
+            stop.set("cancelled")
+        if stop.event.is_set():
+            break
+        loss_value = float(train_step(iterator))
+        step += 1
+        if not math.isfinite(loss_value):
+            raise UserError(f"loss became {loss_value} at step {step}; lower the learning rate")
+        now = time.monotonic()
+        due = (spec.checkpoint_every_steps and step % spec.checkpoint_every_steps == 0) or (
+            spec.checkpoint_every_seconds and now - last_save_t >= spec.checkpoint_every_seconds)
+        if due and step < max_steps:
+            save(step)
+            last_save_t = now
+        if now - last_report_t >= progress_interval_s or step == max_steps:
+            images_per_sec = (step - report_step) * global_batch / max(now - report_images_t, 1e-9)
+            eta = (max_steps - step) * global_batch / max(images_per_sec, 1e-9)
+            reporter.progress(step=step, epoch=step / steps_per_epoch, loss=loss_value,
+                              learning_rate=optim.current_learning_rate(optimizer),
+                              images_per_sec=images_per_sec, eta_s=eta)
+            last_report_t, report_step, report_images_t = now, step, now
+
+    if (not saved or saved[-1] != step) and resumed_from != step:
+        save(step)
+    state = {"preempted": "preempted", "cancelled": "cancelled"}.get(stop.reason, "succeeded")
+    result = TrainResult(job_id=job_id, state=state, step=step, max_steps=max_steps,
+                         path="head_only" if head_only else "full", resumed_from=resumed_from,
+                         checkpoints=saved, images_per_sec=images_per_sec,
+                         feature_seconds=feature_seconds)
+    if link is not None:
+        result.unsent_evals = link.close(timeout_s=20.0)
+    if state == "preempted":
+        # Not a final state: a restart resumes from the checkpoint just written.
+        reporter.state("queued", step=step, preempted_at=step)
+    else:
+        reporter.state(state, step=step, last_checkpoint_step=step)
+    log.info(json.dumps({"event": "done", "job_id": job_id, "state": state, "step": step}))
+    return result

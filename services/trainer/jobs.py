@@ -1,0 +1,47 @@
+"""rq job functions of the trainer worker (queues ``train`` and ``datasets``).
+Plain functions named by import path in incept.queues."""
+
+from __future__ import annotations
+
+import logging
+
+from incept.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+def run_training(job_id: str) -> dict:
+    """Train an already-submitted job (its spec at runs/<job_id>/spec.json).
+
+    Preempted (SIGTERM forwarded by the worker): the checkpoint is written and
+    a resume request is queued, which the next worker picks up."""
+    from dataclasses import asdict
+
+    from incept.training.trainer import train
+
+    settings = get_settings()
+    result = train(job_id, settings.layout.ensure(), redis_url=settings.redis_url)
+    if result.state == "preempted":
+        from rq import Queue
+
+        from incept.queues import TRAIN_FUNC, TRAIN_QUEUE, TRAIN_TIMEOUT_S, connect
+
+        Queue(TRAIN_QUEUE, connection=connect(settings.redis_url)).enqueue(
+            TRAIN_FUNC, job_id, job_id=f"train.{job_id}.resume-{result.step}",
+            job_timeout=TRAIN_TIMEOUT_S, description=f"resume {job_id} at step {result.step}")
+    return asdict(result)
+
+
+def convert_dataset(name: str, source_dir: str) -> dict:
+    """Convert a folder of class folders into datasets/<name>."""
+    from dataclasses import asdict
+
+    from incept.data.convert import convert
+
+    layout = get_settings().layout.ensure()
+    src = layout.resolve_inside(source_dir)
+    report = convert(src, layout.dataset(name))
+    try:
+        return asdict(report)
+    except TypeError:
+        return {"summary": report.summary()}
