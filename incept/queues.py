@@ -31,12 +31,36 @@ def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
                                 health_check_interval=30)
 
 
+def request_id(kind: str, *parts: object) -> str:
+    """An rq job id for a request. rq 3 accepts only ``[A-Za-z0-9_-]`` in ids while
+    names may hold '.', so each part is escaped injectively ('_' -> '__', '.' -> '_d')
+    and the parts are joined with '-' (the last part of eval ids is the integer step)."""
+    return "-".join([kind, *(str(p).replace("_", "__").replace(".", "_d") for p in parts)])
+
+
+def request_part(escaped: str) -> str:
+    """Undo ``request_id``'s escaping of one part."""
+    out, i = [], 0
+    while i < len(escaped):
+        if escaped[i] == "_" and i + 1 < len(escaped):
+            out.append("." if escaped[i + 1] == "d" else "_")
+            i += 2
+        else:
+            out.append(escaped[i])
+            i += 1
+    return "".join(out)
+
+
 def eval_request_id(job_id: str, step: int) -> str:
-    return f"eval.{job_id}.{int(step)}"
+    return request_id("eval", job_id, int(step))
 
 
 def train_request_id(job_id: str) -> str:
-    return f"train.{job_id}"
+    return request_id("train", job_id)
+
+
+def conversion_request_id(name: str) -> str:
+    return request_id("convert", name)
 
 
 def request_status(conn: redis.Redis, request_id: str) -> JobStatus | None:
@@ -74,6 +98,6 @@ def enqueue_training(conn: redis.Redis, job_id: str) -> Job:
 
 def enqueue_conversion(conn: redis.Redis, name: str, source_dir: str) -> Job:
     return Queue(DATASETS_QUEUE, connection=conn).enqueue(
-        CONVERT_FUNC, name, source_dir, job_id=f"convert.{name}", job_timeout=6 * 3600,
+        CONVERT_FUNC, name, source_dir, job_id=conversion_request_id(name), job_timeout=6 * 3600,
         result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600, description=f"convert {name}",
     )

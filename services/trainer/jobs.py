@@ -24,10 +24,10 @@ def run_training(job_id: str) -> dict:
     if result.state == "preempted":
         from rq import Queue
 
-        from incept.queues import TRAIN_FUNC, TRAIN_QUEUE, TRAIN_TIMEOUT_S, connect
+        from incept.queues import TRAIN_FUNC, TRAIN_QUEUE, TRAIN_TIMEOUT_S, connect, request_id
 
         Queue(TRAIN_QUEUE, connection=connect(settings.redis_url)).enqueue(
-            TRAIN_FUNC, job_id, job_id=f"train.{job_id}.resume-{result.step}",
+            TRAIN_FUNC, job_id, job_id=request_id("train", job_id, "resume", result.step),
             job_timeout=TRAIN_TIMEOUT_S, description=f"resume {job_id} at step {result.step}")
     return asdict(result)
 
