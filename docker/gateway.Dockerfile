@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1.7
+# The gateway: FastAPI (uvicorn) on port 8000. Build from the repository root:
+#   docker build -f docker/gateway.Dockerfile -t incept-gateway:0.1.0 .
+# TensorFlow CPU is in the image because the in-process backend and the gRPC
+# client (tensorflow-serving-api) need it.
+
+FROM python:3.11.14-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY requirements.lock pyproject.toml ./
+# Runtime dependencies only (no test tools), every version pinned by the lock.
+RUN pip install --no-cache-dir --constraint requirements.lock setuptools wheel
+COPY incept ./incept
+COPY services ./services
+RUN pip install --no-cache-dir --no-build-isolation --constraint requirements.lock .
+
+FROM python:3.11.14-slim-bookworm
+LABEL org.opencontainers.image.title="incept-gateway" \
+      org.opencontainers.image.description="incept HTTP API and web page"
+RUN groupadd --gid 10001 incept \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin incept \
+ && mkdir /data && chown 10001:10001 /data
+COPY --from=build /opt/venv /opt/venv
+COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/incept-healthcheck
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    INCEPT_DATA_ROOT=/data \
+    INCEPT_HOST=0.0.0.0 \
+    INCEPT_PORT=8000
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["incept-healthcheck", "http", "http://127.0.0.1:8000/healthz"]
+CMD ["incept", "gateway"]

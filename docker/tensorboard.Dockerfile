@@ -1,0 +1,24 @@
+# syntax=docker/dockerfile:1.7
+# TensorBoard over the shared volume's runs/ (training and evaluation summaries).
+#   docker build -f docker/tensorboard.Dockerfile -t incept-tensorboard:0.1.0 .
+
+FROM python:3.11.14-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+COPY requirements.lock docker/tensorboard-requirements.txt /src/
+RUN pip install --no-cache-dir --constraint /src/requirements.lock -r /src/tensorboard-requirements.txt
+
+FROM python:3.11.14-slim-bookworm
+LABEL org.opencontainers.image.title="incept-tensorboard"
+RUN groupadd --gid 10001 incept \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin incept
+COPY --from=build /opt/venv /opt/venv
+COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/incept-healthcheck
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HOME=/tmp
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 6006
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["incept-healthcheck", "http", "http://127.0.0.1:6006/"]
+CMD ["tensorboard", "--logdir", "/data/runs", "--bind_all", "--port", "6006"]
