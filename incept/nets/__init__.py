@@ -10,12 +10,13 @@ from incept.nets.factory import (
     slim_variables,
     variables_under,
 )
-from incept.nets.slim_checkpoint import LoadReport, load_slim_checkpoint
+from incept.nets.slim_checkpoint import LoadReport, SlimCheckpointError, load_slim_checkpoint
 
 __all__ = [
     "NETS",
     "LoadReport",
     "NetInfo",
+    "SlimCheckpointError",
     "build",
     "layers_under",
     "load_slim_checkpoint",

@@ -114,3 +114,17 @@ def test_wrong_architecture_or_unreadable_checkpoint(tmp_path, write_slim_checkp
     (tmp_path / "junk.ckpt.index").write_bytes(b"not a checkpoint")
     with pytest.raises(SlimCheckpointError, match="cannot read checkpoint"):
         nets.load_slim_checkpoint(model, tmp_path / "junk.ckpt")
+
+
+def test_a_net_without_aux_head_skips_the_checkpoints_aux_variables(tmp_path, write_slim_checkpoint,
+                                                                     slim_values):
+    values = slim_values(_shapes(nets.build("tiny", 5)), seed=4)
+    prefix = write_slim_checkpoint(tmp_path / "model.ckpt", values)
+    model = nets.build("tiny", 5, aux_logits=False)
+
+    report = nets.load_slim_checkpoint(model, prefix)
+
+    aux = sorted(n for n in values if n.startswith("TinyNet/AuxLogits/"))
+    assert aux and sorted(report.skipped) == aux
+    assert sorted(report.loaded) == sorted(set(values) - set(aux))
+    assert report.summary().startswith("loaded 18 variables, skipped 6 checkpoint entries")
