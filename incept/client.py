@@ -126,10 +126,12 @@ class GatewayClient:
         return self.request("DELETE", f"/v1/jobs/{job_id}").json()
 
     def upload_dataset(self, name: str, archive: Path) -> dict:
+        """Upload a tar.gz/zip of class folders as the request body (streamed)."""
+        kind = "application/zip" if archive.suffix == ".zip" else "application/gzip"
         with open(archive, "rb") as f:
             return self.request("POST", "/v1/datasets", params={"name": name},
-                                files={"file": (archive.name, f, "application/gzip")},
-                                timeout=600.0).json()
+                                content=iter(lambda: f.read(1 << 20), b""),
+                                headers={"Content-Type": kind}, timeout=600.0).json()
 
     def dataset(self, name: str) -> dict | None:
         try:
@@ -144,7 +146,7 @@ class GatewayClient:
         return body.get("models", body) if isinstance(body, dict) else body
 
     def predict(self, model: str, images: list[bytes], *, timeout_s: float = 60.0) -> dict:
-        files = [("files", (f"image{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
+        files = [("images", (f"image{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
         return self.request("POST", f"/v1/models/{model}:predict", files=files,
                             timeout=timeout_s).json()
 

@@ -360,10 +360,10 @@ class Stack:
             child.kill_group()
 
     def _send_stop(self, child: Child) -> None:
-        # The trainer's work horse must see SIGTERM itself to write its final
-        # checkpoint, so the whole group gets it; the other services get it on
-        # their main process (rq: warm shutdown, uvicorn: graceful).
-        child.signal(signal.SIGTERM, group=child.name == "trainer")
+        # SIGTERM to the main process only, as Kubernetes does: the trainer
+        # worker forwards it to its work horse, which writes a checkpoint and
+        # queues a resume request; rq workers shut down warm; uvicorn drains.
+        child.signal(signal.SIGTERM)
 
     def stop(self) -> None:
         """Stop every child (in parallel, each with its own grace period), then Redis."""
@@ -513,38 +513,39 @@ def _create_time(pid: int | None) -> float | None:
 
 
 def resume_interrupted_jobs(redis_url: str) -> list[str]:
-    """Queue again every training job that is not finished but whose request is
-    not waiting in the queue (its worker was stopped or killed): the trainer
-    resumes it from its newest checkpoint. Call before a trainer worker starts."""
+    """Queue again every training job that is not finished and has no request
+    waiting in the queue or running on a live worker (its worker was killed
+    before it could queue a resume request): the trainer resumes it from its
+    newest checkpoint. Call before a trainer worker starts."""
+    from rq import Queue
     from rq.exceptions import NoSuchJobError
-    from rq.job import Job, JobStatus
+    from rq.job import Job
+    from rq.registry import StartedJobRegistry
 
     from incept.jobstate import TERMINAL_STATES, JobState
-    from incept.queues import connect, enqueue_training, train_request_id
+    from incept.queues import TRAIN_FUNC, TRAIN_QUEUE, connect, enqueue_training, train_request_id
 
     conn = connect(redis_url)
     resumed = []
     try:
+        queue = Queue(TRAIN_QUEUE, connection=conn)
+        covered = {job.args[0] for job in queue.jobs
+                   if job is not None and job.func_name == TRAIN_FUNC and job.args}
+        for rid in StartedJobRegistry(queue=queue).get_job_ids():
+            with contextlib.suppress(NoSuchJobError):
+                job = Job.fetch(rid, connection=conn)
+                if job.args and _request_has_live_worker(conn, job):
+                    covered.add(job.args[0])
         jobs = JobState(conn)
         for job_id in jobs.list_ids():
             info = jobs.get(job_id) or {}
-            if info.get("state") in TERMINAL_STATES:
+            launcher = info.get("launcher")
+            if info.get("state") in TERMINAL_STATES or job_id in covered:
                 continue
-            rid = train_request_id(job_id)
-            try:
-                request = Job.fetch(rid, connection=conn)
-                status = request.get_status()
-            except NoSuchJobError:
-                request, status = None, None
-            if status in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
-                continue
-            if status == JobStatus.STARTED and _request_has_live_worker(conn, request):
-                continue
-            if request is None and info.get("state") == "queued" and "launcher" in info \
-                    and info.get("launcher") != "local":
-                continue
-            if request is not None:
-                request.delete()
+            if isinstance(launcher, dict) and launcher.get("launcher") not in (None, "local"):
+                continue  # a Kubernetes Job, not ours to restart
+            with contextlib.suppress(NoSuchJobError):
+                Job.fetch(train_request_id(job_id), connection=conn).delete()
             enqueue_training(conn, job_id)
             resumed.append(job_id)
     finally:
@@ -571,11 +572,8 @@ def stop_orphans(state: dict, timeout_s: float = 60.0) -> None:
         proc = _process_matches(info.get("pid"), info.get("create_time"))
         if proc is not None:
             log.warning("stopping %s (pid %s) left by a previous stack", name, proc.pid)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if name == "trainer":
-                    os.killpg(proc.pid, signal.SIGTERM)
-                else:
-                    proc.terminate()
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()
             procs.append(proc)
     _gone, alive = psutil.wait_procs(procs, timeout=timeout_s)
     for proc in alive:
