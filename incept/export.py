@@ -95,14 +95,12 @@ def serving_outputs(model: keras.Model, pixels: tf.Tensor, class_names: Sequence
 
 def build_archive(model: keras.Model, class_names: Sequence[str], *, image_size: int,
                   ood: Any = None) -> keras.export.ExportArchive:
-    from incept.preprocessing import decode_and_preprocess_for_eval
+    from incept.preprocessing import decode_and_preprocess_batch_for_eval
 
     size = int(image_size)
-    pixel_spec = tf.TensorSpec([size, size, 3], tf.float32)
 
     def serve(images):
-        pixels = tf.map_fn(lambda b: decode_and_preprocess_for_eval(b, size), images,
-                           fn_output_signature=pixel_spec)
+        pixels = decode_and_preprocess_batch_for_eval(images, size)
         return serving_outputs(model, pixels, class_names, ood)
 
     archive = keras.export.ExportArchive()

@@ -159,3 +159,29 @@ def fpr_at_tpr(known_scores: np.ndarray, unknown_scores: np.ndarray,
 def compare(known_scores: np.ndarray, unknown_scores: np.ndarray, score_name: str) -> OpenSetReport:
     return OpenSetReport(score_name, auroc(known_scores, unknown_scores),
                          fpr_at_tpr(known_scores, unknown_scores))
+
+
+def fit_open_set(model, dataset_dir, *, image_size: int, num_classes: int,
+                 validation=None, score_name: str = DEFAULT_SCORE, tpr: float = DEFAULT_TPR,
+                 batch_size: int = 32) -> tuple[OpenSetScore, dict]:
+    """An ``OpenSetScore`` for ``model``: fitted on the training split's features
+    (Mahalanobis only) and calibrated on the validation split to keep ``tpr`` of
+    in-distribution images. ``validation`` may pass already computed
+    ``SplitOutputs``. Returns the layer and the calibration record."""
+    from incept.evaluation.metrics import run_split
+
+    if validation is None:
+        validation = run_split(model, dataset_dir, "validation", image_size=image_size,
+                               batch_size=batch_size)
+    layer = OpenSetScore(score_name, num_classes, validation.pre_logits.shape[1])
+    fitted_on = 0
+    if score_name == "mahalanobis":
+        train = run_split(model, dataset_dir, "train", image_size=image_size, batch_size=batch_size)
+        layer.fit_features(train.pre_logits, train.labels)
+        fitted_on = len(train)
+    scores = layer(validation.logits, validation.pre_logits).numpy()
+    threshold = layer.calibrate(scores, tpr)
+    record = {"score_name": score_name, "threshold": threshold,
+              "tpr": float((scores <= threshold).mean()), "target_tpr": tpr,
+              "calibrated_on": len(validation), "fitted_on": fitted_on}
+    return layer, record

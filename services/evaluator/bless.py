@@ -1,0 +1,115 @@
+"""Bless and export: a checkpoint is blessed when it beats the job's best
+evaluated accuracy so far (and the spec's ``bless_threshold``, if set); a
+blessed checkpoint becomes a new SavedModel version under
+``models/<spec.serving_name()>/``.
+
+Callers hold the job's bless lock (``locks.job_lock_name``) from reading the
+best-so-far until the result file is written, so two workers evaluating two
+checkpoints of one job cannot both beat the same best. Version numbers are
+allocated by ``incept.export`` with an atomic rename, so exporters of
+different jobs into one model never share a version. An export whose result
+file was never written (worker killed) is found again by its manifest and
+reused, so a redo does not export the same checkpoint twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from incept.export import MANIFEST, export_model, list_versions
+from incept.layout import Layout, RunLayout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Blessing:
+    blessed: bool
+    reason: str
+    model_name: str
+    version: int | None = None
+    ood: dict | None = None
+    compute_s: float = 0.0
+
+    def fields(self) -> dict:
+        return {"blessed": self.blessed, "bless_reason": self.reason,
+                "exported_version": self.version,
+                "served_model": self.model_name if self.version is not None else None,
+                "ood": self.ood}
+
+
+def best_so_far(run: RunLayout) -> dict | None:
+    """The most accurate evaluated checkpoint of the run, from the result files."""
+    best = None
+    if not run.eval_dir.is_dir():
+        return None
+    for path in run.eval_dir.glob("*.json"):
+        if not path.stem.isdigit():
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if best is None or result["accuracy"] > best["accuracy"]:
+            best = {"step": result["step"], "accuracy": result["accuracy"]}
+    return best
+
+
+def find_export(model_base: Path, job_id: str, step: int) -> tuple[int, dict] | None:
+    for version in reversed(list_versions(model_base)):
+        try:
+            manifest = json.loads((model_base / str(version) / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if manifest.get("job_id") == job_id and manifest.get("step") == int(step):
+            return version, manifest
+    return None
+
+
+def decide(accuracy: float, best: dict | None, threshold: float | None) -> tuple[bool, str]:
+    if threshold is not None and accuracy < threshold:
+        return False, f"accuracy {accuracy:.4f} is below the spec's bless_threshold {threshold}"
+    if best is not None and accuracy <= best["accuracy"]:
+        return False, (f"accuracy {accuracy:.4f} does not beat the best so far "
+                       f"{best['accuracy']:.4f} (step {best['step']})")
+    if best is None:
+        return True, "first evaluated checkpoint of the job"
+    return True, f"accuracy {accuracy:.4f} beats {best['accuracy']:.4f} (step {best['step']})"
+
+
+def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *, validation,
+                     dataset_dir: Path, keep_versions: int | None, batch_size: int) -> Blessing:
+    from incept.evaluation.open_set import fit_open_set
+
+    spec = restored.spec
+    model_name = spec.serving_name()
+    blessed, reason = decide(result["accuracy"], best_so_far(run), spec.bless_threshold)
+    if not blessed:
+        return Blessing(False, reason, model_name)
+    model_base = layout.model(model_name)
+    found = find_export(model_base, run.job_id, result["step"])
+    if found is not None:
+        version, manifest = found
+        log.info("job %s step %d: already exported as %s version %d", run.job_id,
+                 result["step"], model_name, version)
+        return Blessing(True, reason, model_name, version, manifest.get("ood_calibration"))
+    started = time.perf_counter()
+    ood, calibration = fit_open_set(
+        restored.model, dataset_dir, image_size=result["image_size"],
+        num_classes=len(restored.class_names), validation=validation, batch_size=batch_size)
+    manifest = {
+        "model_name": model_name, "job_id": run.job_id, "step": result["step"],
+        "net": spec.model_name, "dataset": spec.dataset,
+        "dataset_fingerprint": result["dataset_fingerprint"], "ema": restored.ema_applied,
+        "metrics": {k: result[k] for k in ("accuracy", "recall_at_5", "loss", "ece", "num_images")},
+        "ood_calibration": calibration,
+    }
+    exported = export_model(restored.model, restored.class_names, model_base,
+                            image_size=result["image_size"], ood=ood, manifest=manifest,
+                            keep=keep_versions)
+    return Blessing(True, reason, model_name, exported.version, calibration,
+                    time.perf_counter() - started)

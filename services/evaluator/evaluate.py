@@ -1,0 +1,200 @@
+"""Evaluate one checkpoint of one job and record the result everywhere:
+``runs/<job>/eval/<step>.json`` (atomic, written last: it is the proof the
+work is done), TensorBoard summaries beside it, the job's Redis hash and
+event stream, and -- when the checkpoint is blessed -- a new SavedModel version.
+
+Idempotent per (job, step): a result on disk makes a repeated request a no-op,
+and a Redis lock per (job, step) keeps two workers from evaluating the same
+checkpoint at once. A checkpoint that cannot be read leaves an error record
+(``<step>.error.json``) so the reconciler does not ask for it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from incept.errors import UserError
+from incept.fsutil import write_json_atomic
+from incept.jobstate import JobState
+from incept.layout import Layout, RunLayout
+from services.evaluator.bless import best_so_far, bless_and_export
+from services.evaluator.locks import eval_lock_name, held_lock, job_lock_name
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH_SIZE = 32
+BLESS_LOCK_WAIT_S = 1800.0
+
+
+class EvaluationFailed(UserError):
+    """The checkpoint (or its dataset) cannot be evaluated; retrying will not help."""
+
+
+def error_record_path(run: RunLayout, step: int) -> Path:
+    return run.eval_dir / f"{int(step)}.error.json"
+
+
+def read_result(run: RunLayout, step: int) -> dict | None:
+    try:
+        return json.loads(run.eval_result(step).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def evaluated_steps(run: RunLayout) -> set[int]:
+    if not run.eval_dir.is_dir():
+        return set()
+    return {int(p.stem) for p in run.eval_dir.glob("*.json") if p.stem.isdigit()}
+
+
+def failed_steps(run: RunLayout) -> set[int]:
+    if not run.eval_dir.is_dir():
+        return set()
+    return {int(p.name.split(".")[0]) for p in run.eval_dir.glob("*.error.json")
+            if p.name.split(".")[0].isdigit()}
+
+
+@dataclass
+class Outcome:
+    status: str  # "evaluated" | "already_done" | "busy" | "failed"
+    result: dict | None = None
+    compute_s: float = 0.0
+
+    def summary(self) -> dict:
+        out = {"status": self.status, "compute_s": round(self.compute_s, 3)}
+        if self.result:
+            out.update({k: self.result.get(k) for k in
+                        ("job_id", "step", "accuracy", "recall_at_5", "loss", "blessed",
+                         "exported_version")})
+        return out
+
+
+def evaluate_checkpoint(layout: Layout, conn: redis.Redis, job_id: str, step: int, *,
+                        keep_versions: int | None = None,
+                        batch_size: int = EVAL_BATCH_SIZE) -> Outcome:
+    run = layout.run(job_id)
+    step = int(step)
+    existing = read_result(run, step)
+    if existing is not None:
+        log.info("job %s step %d: already evaluated, nothing to do", job_id, step)
+        return Outcome("already_done", existing)
+    with held_lock(conn, eval_lock_name(job_id, step), blocking=False) as acquired:
+        if not acquired:
+            log.info("job %s step %d: another worker is evaluating it", job_id, step)
+            return Outcome("busy")
+        existing = read_result(run, step)  # finished while we waited for the lock
+        if existing is not None:
+            return Outcome("already_done", existing)
+        try:
+            return _evaluate(layout, conn, run, step, keep_versions, batch_size)
+        except UserError as e:
+            _record_failure(conn, run, step, str(e))
+            raise EvaluationFailed(f"job {job_id!r} step {step}: {e}") from None
+
+
+def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
+              keep_versions: int | None, batch_size: int) -> Outcome:
+    import keras
+
+    from incept.checkpoints import restore_for_inference
+    from incept.data.dataset import DatasetInfo
+    from incept.evaluation.metrics import classification_metrics, run_split
+
+    job_id = run.job_id
+    started = time.perf_counter()
+    restored = restore_for_inference(run, step, layout=layout)
+    spec = restored.spec
+    dataset_dir = spec.dataset_dir(layout)
+    info = DatasetInfo.load(dataset_dir)
+    if list(info.class_names) != list(restored.class_names):
+        raise UserError(f"dataset {dataset_dir} now has classes {info.class_names}, "
+                        f"the checkpoint was trained on {restored.class_names}")
+    if info.count("validation") == 0:
+        raise UserError(f"dataset {dataset_dir} has no validation images to evaluate on")
+    image_size = spec.resolved_image_size()
+    validation = run_split(restored.model, dataset_dir, "validation", image_size=image_size,
+                           batch_size=batch_size)
+    metrics = classification_metrics(validation.logits, validation.labels, restored.class_names)
+    compute_s = time.perf_counter() - started
+
+    result = {
+        "job_id": job_id, "step": step, **metrics, "class_names": list(restored.class_names),
+        "ema": restored.ema_applied, "dataset_fingerprint": info.fingerprint,
+        "model_name": spec.model_name, "image_size": image_size,
+    }
+    # Decide, export and write the result under the job's lock, so concurrent
+    # evaluations of one job see each other's results when comparing with the best.
+    with held_lock(conn, job_lock_name(job_id), wait_s=BLESS_LOCK_WAIT_S) as acquired:
+        if not acquired:
+            raise TimeoutError(f"job {job_id}: bless lock still held after {BLESS_LOCK_WAIT_S} s")
+        best = best_so_far(run)
+        blessing = bless_and_export(
+            layout, run, restored, result, validation=validation, dataset_dir=dataset_dir,
+            keep_versions=keep_versions, batch_size=batch_size)
+        result.update(blessing.fields())
+        result["evaluated_at"] = time.time()
+        result["compute_s"] = compute_s + blessing.compute_s
+        _write_summaries(run, step, result)
+        write_json_atomic(run.eval_result(step), result)
+    _publish(conn, run, result, blessing, best)
+    keras.backend.clear_session()
+    log.info("job %s step %d: accuracy %.4f recall@%d %.4f loss %.4f on %d images%s", job_id,
+             step, result["accuracy"], result["top_k"], result["recall_at_5"], result["loss"],
+             result["num_images"],
+             f"; blessed, exported version {result['exported_version']}" if result["blessed"] else "")
+    return Outcome("evaluated", result, compute_s)
+
+
+def _write_summaries(run: RunLayout, step: int, result: dict) -> None:
+    import tensorflow as tf
+
+    from incept.training.reporting import write_scalar
+
+    writer = tf.summary.create_file_writer(str(run.eval_dir))
+    with writer.as_default():
+        for name in ("accuracy", "recall_at_5", "loss", "ece"):
+            write_scalar(f"eval/{name}", result[name], step)
+        if result.get("ood"):
+            write_scalar("eval/ood_threshold", result["ood"]["threshold"], step)
+    writer.flush()
+    writer.close()
+
+
+def _publish(conn: redis.Redis, run: RunLayout, result: dict, blessing, previous_best) -> None:
+    state = JobState(conn)
+    job_id, step = run.job_id, result["step"]
+    summary = {"step": step, "accuracy": result["accuracy"], "recall_at_5": result["recall_at_5"],
+               "loss": result["loss"]}
+    fields: dict = {"latest_eval": summary}
+    if previous_best is None or result["accuracy"] > previous_best["accuracy"]:
+        fields["best"] = {"step": step, "accuracy": result["accuracy"]}
+    if blessing.version is not None:
+        current = state.get(job_id) or {}
+        versions = sorted(set(current.get("exported_versions") or []) | {blessing.version})
+        fields["exported_versions"] = versions
+        fields["served_model"] = blessing.model_name
+    state.update(job_id, **fields)
+    state.emit(job_id, "eval", {**summary, "num_images": result["num_images"],
+                                "ece": result["ece"], "blessed": result["blessed"],
+                                "ood": result.get("ood")})
+    if blessing.version is not None:
+        state.emit(job_id, "export", {"version": blessing.version, "model": blessing.model_name,
+                                      "step": step})
+
+
+def _record_failure(conn: redis.Redis, run: RunLayout, step: int, reason: str) -> None:
+    log.error("job %s step %d: evaluation failed: %s", run.job_id, step, reason)
+    record = {"job_id": run.job_id, "step": step, "error": reason, "failed_at": time.time()}
+    try:
+        write_json_atomic(error_record_path(run, step), record)
+    except OSError as e:
+        log.error("job %s step %d: could not write the error record: %s", run.job_id, step, e)
+    state = JobState(conn)
+    state.update(run.job_id, eval_error={"step": step, "error": reason})
+    state.emit(run.job_id, "error", {"source": "evaluator", "step": step, "error": reason})

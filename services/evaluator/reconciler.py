@@ -1,0 +1,97 @@
+"""The reconciler: no checkpoint goes unevaluated.
+
+It scans ``runs/*/checkpoints`` for complete checkpoints that have neither a
+result (``eval/<step>.json``), nor an error record, nor a live request, and
+asks for them again. That covers a trainer that could not enqueue, a flushed
+queue or a lost Redis, and a worker killed mid-evaluation (its request stays
+"started" in rq, but its per-checkpoint lock expires within seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from incept.layout import NAME_RE, Layout
+from incept.queues import enqueue_eval, eval_request_id
+from services.evaluator.locks import eval_lock_name, held_lock, is_locked, lock_ttl_s
+
+log = logging.getLogger(__name__)
+
+RECONCILER_LOCK = "incept:lock:reconciler"
+_WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+def _fetch(conn: redis.Redis, request_id: str) -> Job | None:
+    try:
+        return Job.fetch(request_id, connection=conn)
+    except NoSuchJobError:
+        return None
+
+
+def _abandoned(job: Job) -> bool:
+    started = job.started_at
+    if started is None:
+        return False
+    # The lock is taken within moments of starting and is already gone (checked
+    # by the caller); a start older than two lock lifetimes means a dead worker.
+    return time.time() - started.timestamp() > 2 * lock_ttl_s()
+
+
+def reconcile(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
+    """One pass; returns the (job, step) pairs it asked for."""
+    from incept.checkpoints import list_checkpoints
+    from services.evaluator.evaluate import evaluated_steps, failed_steps
+
+    asked: list[tuple[str, int]] = []
+    if not layout.runs.is_dir():
+        return asked
+    with held_lock(conn, RECONCILER_LOCK, blocking=False) as acquired:
+        if not acquired:
+            return asked  # another evaluator is reconciling right now
+        for run_dir in sorted(layout.runs.iterdir()):
+            if not run_dir.is_dir() or not NAME_RE.match(run_dir.name):
+                continue
+            run = layout.run(run_dir.name)
+            settled = evaluated_steps(run) | failed_steps(run)
+            for step in list_checkpoints(run):
+                if step in settled or is_locked(conn, eval_lock_name(run.job_id, step)):
+                    continue
+                request = _fetch(conn, eval_request_id(run.job_id, step))
+                if request is not None:
+                    status = request.get_status()
+                    if status in _WAITING or (status == JobStatus.STARTED and not _abandoned(request)):
+                        continue
+                    # Finished without a result (it found the checkpoint busy, and that
+                    # worker died), failed, or abandoned: replace it with a fresh request.
+                    request.delete()
+                if enqueue_eval(conn, run.job_id, step):
+                    log.info("reconciler: asked for an evaluation of %s step %d", run.job_id, step)
+                    asked.append((run.job_id, step))
+    return asked
+
+
+class Reconciler(threading.Thread):
+    """Runs ``reconcile`` at start and then every ``interval_s`` seconds."""
+
+    def __init__(self, layout: Layout, conn: redis.Redis, interval_s: float):
+        super().__init__(name="reconciler", daemon=True)
+        self.layout, self.conn, self.interval_s = layout, conn, interval_s
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                reconcile(self.layout, self.conn)
+            except Exception:  # keep reconciling: a Redis hiccup must not end the loop
+                log.exception("reconciler pass failed")
+            if self.stopping.wait(self.interval_s):
+                return
+
+    def stop(self) -> None:
+        self.stopping.set()

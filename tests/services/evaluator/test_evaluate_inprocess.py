@@ -1,0 +1,102 @@
+"""The evaluation pipeline in this process: real TensorFlow, real Redis, real
+files. (The worker-process tests are in test_evaluator_worker.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from evaluator_helpers import RunWriter, make_dataset, validation_images
+
+from incept.data.dataset import DatasetInfo
+from incept.export import list_versions, read_manifest
+from incept.jobstate import JobState
+from services.evaluator.evaluate import EvaluationFailed, evaluate_checkpoint
+
+
+@pytest.fixture
+def dataset(layout, tmp_path):
+    return make_dataset(layout, tmp_path)
+
+
+def test_evaluate_bless_export_and_duplicate(layout, redis_conn, dataset):
+    writer = RunWriter(layout, "job1")
+    writer.train(30)
+    step = writer.save()
+
+    outcome = evaluate_checkpoint(layout, redis_conn, "job1", step)
+    assert outcome.status == "evaluated"
+    result = json.loads(writer.run.eval_result(step).read_text())
+    info = DatasetInfo.load(dataset)
+    # Every validation image exactly once.
+    assert result["num_images"] == info.count("validation") == 9
+    assert sum(map(sum, result["confusion_matrix"])) == 9
+    assert set(result["per_class"]) == set(info.class_names)
+    assert result["blessed"] and result["exported_version"] == 1
+    assert result["ood"]["score_name"] and result["ood"]["tpr"] >= 0.95
+    for key in ("accuracy", "recall_at_5", "loss", "ece", "evaluated_at", "class_names", "ema"):
+        assert key in result
+
+    state = JobState(redis_conn).get("job1")
+    assert state["latest_eval"] == {"step": step, "accuracy": result["accuracy"],
+                                    "recall_at_5": result["recall_at_5"], "loss": result["loss"]}
+    assert state["best"] == {"step": step, "accuracy": result["accuracy"]}
+    assert state["exported_versions"] == [1] and state["served_model"] == "flowers"
+    kinds = [k for _, k, _ in JobState(redis_conn).events("job1")]
+    assert kinds == ["eval", "export"]
+    assert list(writer.run.eval_dir.glob("events.out.tfevents.*"))
+
+    # The blessed export predicts what the evaluator computed in-process.
+    model_dir = layout.model("flowers") / "1"
+    manifest = read_manifest(model_dir)
+    assert (manifest["job_id"], manifest["step"]) == ("job1", step)
+    assert manifest["dataset_fingerprint"] == info.fingerprint
+    images, labels = validation_images(dataset)
+    sig = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+    out = sig(images=tf.constant(images))
+    predicted = out["classes"].numpy()[:, 0]
+    assert float((predicted == labels).mean()) == pytest.approx(result["accuracy"])
+    # The calibration keeps 95 % of the validation images known.
+    assert np.mean(~out["is_unknown"].numpy()) >= 0.95
+
+    # A duplicate request is a no-op: same result file, no new version, no new event.
+    before = writer.run.eval_result(step).read_bytes()
+    again = evaluate_checkpoint(layout, redis_conn, "job1", step)
+    assert again.status == "already_done"
+    assert writer.run.eval_result(step).read_bytes() == before
+    assert list_versions(layout.model("flowers")) == [1]
+    assert len(JobState(redis_conn).events("job1")) == 2
+
+
+def test_not_better_is_not_exported(layout, redis_conn, dataset):
+    writer = RunWriter(layout, "job2", bless_threshold=1.0)
+    step = writer.save(5)
+    evaluate_checkpoint(layout, redis_conn, "job2", step)
+    result = json.loads(writer.run.eval_result(step).read_text())
+    assert not result["blessed"] and result["exported_version"] is None
+    assert "bless_threshold" in result["bless_reason"]
+    assert list_versions(layout.model("flowers")) == []
+
+
+def test_truncated_checkpoint_is_reported(layout, redis_conn, dataset):
+    writer = RunWriter(layout, "job3")
+    step = writer.save(3)
+    data = next(writer.run.checkpoints.glob(f"ckpt-{step}.data-*"))
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(EvaluationFailed, match="unreadable"):
+        evaluate_checkpoint(layout, redis_conn, "job3", step)
+    assert not writer.run.eval_result(step).exists()
+    record = json.loads((writer.run.eval_dir / f"{step}.error.json").read_text())
+    assert "unreadable" in record["error"]
+    state = JobState(redis_conn).get("job3")
+    assert state["eval_error"]["step"] == step and "unreadable" in state["eval_error"]["error"]
+    events = JobState(redis_conn).events("job3")
+    assert [(k, d["source"]) for _, k, d in events] == [("error", "evaluator")]
+
+
+def test_deleted_checkpoint_is_reported(layout, redis_conn, dataset):
+    RunWriter(layout, "job4")
+    with pytest.raises(EvaluationFailed, match="no complete checkpoint at step 7"):
+        evaluate_checkpoint(layout, redis_conn, "job4", 7)
