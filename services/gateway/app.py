@@ -1,0 +1,168 @@
+"""The FastAPI application: ``create_app(settings)`` wires the routes, the
+launcher, the prediction backend, metrics and the error handlers."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from incept.errors import UserError
+from incept.queues import connect
+from incept.settings import Settings
+from incept.spec import SpecError
+from services.gateway.backends.base import PredictionBackend
+from services.gateway.errors import ApiError
+from services.gateway.launchers.base import Launcher
+from services.gateway.metrics import GatewayMetrics
+from services.gateway.routes import datasets, health, jobs, models, page
+from services.gateway.routes.page import STATIC_DIR
+
+log = logging.getLogger(__name__)
+
+
+def make_backend(settings: Settings, metrics: GatewayMetrics) -> PredictionBackend:
+    if settings.predict_backend == "grpc":
+        from services.gateway.backends.grpc import GrpcBackend
+
+        return GrpcBackend(settings.tfserving_grpc, timeout_s=settings.backend_timeout_s, metrics=metrics)
+    if settings.predict_backend == "rest":
+        from services.gateway.backends.rest import RestBackend
+
+        return RestBackend(settings.tfserving_rest, timeout_s=settings.backend_timeout_s, metrics=metrics)
+    from services.gateway.backends.inprocess import InProcessBackend
+
+    return InProcessBackend(settings.layout, poll_s=settings.model_poll_s,
+                            batch_max_size=settings.batch_max_size,
+                            batch_max_delay_ms=settings.batch_max_delay_ms, metrics=metrics)
+
+
+def make_launcher(settings: Settings, conn: redis.Redis) -> Launcher:
+    if settings.launcher == "kubernetes":
+        from services.gateway.launchers.kubernetes import KubernetesLauncher
+
+        return KubernetesLauncher(settings.k8s_job_template, settings.k8s_namespace,
+                                  image=settings.trainer_image, kubeconfig=settings.k8s_kubeconfig)
+    from services.gateway.launchers.local import LocalLauncher
+
+    return LocalLauncher(conn)
+
+
+def _error(status: int, detail: str, problems: list[str] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"detail": detail}
+    if problems:
+        body["problems"] = problems
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_req: Request, e: ApiError):
+        return _error(e.status_code, e.message, e.problems, e.headers)
+
+    @app.exception_handler(SpecError)
+    async def spec_error(_req: Request, e: SpecError):
+        return _error(422, "invalid job spec", e.problems)
+
+    @app.exception_handler(UserError)
+    async def user_error(_req: Request, e: UserError):
+        return _error(400, str(e))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_req: Request, e: RequestValidationError):
+        problems = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            problems.append(f"{loc}: {err.get('msg', 'invalid')}")
+        return _error(422, "invalid request", problems[:50])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_req: Request, e: StarletteHTTPException):
+        return _error(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_error(_req: Request, e: redis.RedisError):
+        return _error(503, "Redis is unavailable; try again", headers={"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(req: Request, e: Exception):
+        # Logged here with its trace; the client only learns that it failed.
+        log.exception("unexpected error on %s %s", req.method, req.url.path)
+        return _error(500, "internal error (logged by the gateway)")
+
+
+class BodyLimit:
+    """Refuse a declared Content-Length above the limit before reading anything;
+    routes that read bodies count the bytes they actually get as well."""
+
+    def __init__(self, app, settings: Settings):
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            limit = (self.settings.max_upload_bytes
+                     if scope["path"] == "/v1/datasets" else self.settings.max_body_bytes)
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length":
+                    try:
+                        too_big = int(value) > limit
+                    except ValueError:
+                        too_big = False
+                    if too_big:
+                        response = _error(413, f"the request body is larger than {limit} bytes")
+                        await response(scope, receive, send)
+                        return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, backend: PredictionBackend | None = None,
+               launcher: Launcher | None = None) -> FastAPI:
+    settings = settings or Settings()
+    metrics = GatewayMetrics.create()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.layout.ensure()
+        await app.state.backend.start()
+        try:
+            yield
+        finally:
+            await app.state.backend.close()
+            app.state.redis.close()
+
+    app = FastAPI(
+        title="incept gateway",
+        version="1",
+        description="Submit fine-tuning jobs, upload datasets, follow training, classify images.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.layout = settings.layout
+    app.state.metrics = metrics
+    app.state.redis = connect(settings.redis_url)
+    app.state.backend = backend or make_backend(settings, metrics)
+    app.state.launcher_error = None
+    try:
+        app.state.launcher = launcher or make_launcher(settings, app.state.redis)
+    except Exception as e:  # the API still serves everything else; submit answers 503
+        log.error("job launcher unavailable: %s", e)
+        app.state.launcher = None
+        app.state.launcher_error = str(e)
+
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, settings=settings)
+    for router in (health.router, jobs.router, datasets.router, models.router, page.router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app).expose(
+        app, endpoint="/metrics", include_in_schema=False)
+    return app

@@ -1,0 +1,89 @@
+"""One interface for every prediction backend: TF Serving over gRPC or REST,
+or the SavedModel loaded in this process. Each returns the serving signature's
+outputs per image (see incept.export); the route turns them into the answer."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Prediction:
+    labels: list[str]
+    scores: list[float]
+    ood_score: float
+    is_unknown: bool
+
+
+@dataclass
+class PredictResult:
+    model: str
+    version: int
+    predictions: list[Prediction]
+
+
+@dataclass
+class VersionStatus:
+    version: int
+    state: str  # TF Serving's names: START, LOADING, AVAILABLE, UNLOADING, END
+    error: str = ""
+
+
+@dataclass
+class ModelStatus:
+    name: str
+    versions: list[VersionStatus] = field(default_factory=list)
+
+
+def predictions_from_outputs(outputs: dict, count: int) -> list[Prediction]:
+    """Rows of the signature's batched outputs (numpy arrays or lists)."""
+    out = []
+    for i in range(count):
+        labels = [lb.decode() if isinstance(lb, bytes) else str(lb) for lb in outputs["labels"][i]]
+        out.append(Prediction(
+            labels=labels,
+            scores=[float(s) for s in outputs["scores"][i]],
+            ood_score=float(outputs["ood_score"][i]),
+            is_unknown=bool(outputs["is_unknown"][i]),
+        ))
+    return out
+
+
+class PredictionBackend(ABC):
+    name: str = "base"
+
+    async def start(self) -> None:
+        """Open connections, start background tasks."""
+        return None
+
+    async def close(self) -> None:
+        """Release connections and tasks."""
+        return None
+
+    @abstractmethod
+    async def predict(self, model: str, images: list[bytes],
+                      version: int | None = None) -> PredictResult:
+        """Classify encoded images; raises ModelNotFound, BackendUnavailable, BadImage."""
+
+    @abstractmethod
+    async def model_status(self, model: str) -> ModelStatus:
+        """Versions of a model and their states; raises ModelNotFound."""
+
+    async def ready(self, models: list[str]) -> tuple[bool, str]:
+        """Whether the backend answers and serves at least one of ``models``, and why not."""
+        from services.gateway.errors import ApiError
+
+        if not models:
+            return False, "no model exported yet"
+        problems = []
+        for model in models:
+            try:
+                status = await self.model_status(model)
+            except ApiError as e:
+                problems.append(f"{model}: {e.message}")
+                continue
+            if any(v.state == "AVAILABLE" for v in status.versions):
+                return True, f"{self.name} backend serves {model!r}"
+            problems.append(f"{model}: no AVAILABLE version")
+        return False, "; ".join(problems)

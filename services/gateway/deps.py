@@ -1,0 +1,94 @@
+"""Dependencies injected into the routes: settings, Redis, job state, the
+launcher, the prediction backend, and bearer-token auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+import redis
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from incept.jobstate import JobState
+from incept.layout import Layout
+from incept.settings import Settings
+from services.gateway.backends.base import PredictionBackend
+from services.gateway.errors import ApiError
+from services.gateway.launchers.base import Launcher
+from services.gateway.metrics import GatewayMetrics
+
+_bearer = HTTPBearer(auto_error=False, description="A token from INCEPT_API_TOKENS")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_layout(request: Request) -> Layout:
+    return request.app.state.layout
+
+
+def get_redis(request: Request) -> redis.Redis:
+    return request.app.state.redis
+
+
+def get_jobstate(request: Request) -> JobState:
+    return JobState(request.app.state.redis)
+
+
+def get_launcher(request: Request) -> Launcher:
+    launcher = request.app.state.launcher
+    if launcher is None:
+        raise ApiError(f"the job launcher is not available: {request.app.state.launcher_error}",
+                       status_code=503, headers={"Retry-After": "30"})
+    return launcher
+
+
+def get_backend(request: Request) -> PredictionBackend:
+    return request.app.state.backend
+
+
+def get_metrics(request: Request) -> GatewayMetrics:
+    return request.app.state.metrics
+
+
+def _check_token(settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> None:
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise ApiError("this route needs 'Authorization: Bearer <token>'", status_code=401,
+                       headers=challenge)
+    tokens = settings.tokens()
+    if not tokens:
+        raise ApiError("the gateway has no API tokens configured (INCEPT_API_TOKENS)",
+                       status_code=401, headers=challenge)
+    given = credentials.credentials.encode()
+    # Compare against every token (no early exit), each in constant time.
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(given, token.encode())
+    if not matched:
+        raise ApiError("invalid token", status_code=401, headers=challenge)
+
+
+def require_token(settings: Annotated[Settings, Depends(get_settings)],
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    _check_token(settings, credentials)
+
+
+def require_predict_token(settings: Annotated[Settings, Depends(get_settings)],
+                          credentials: Annotated[HTTPAuthorizationCredentials | None,
+                                                 Depends(_bearer)]) -> None:
+    if settings.protect_predict:
+        _check_token(settings, credentials)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+LayoutDep = Annotated[Layout, Depends(get_layout)]
+RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+JobStateDep = Annotated[JobState, Depends(get_jobstate)]
+LauncherDep = Annotated[Launcher, Depends(get_launcher)]
+BackendDep = Annotated[PredictionBackend, Depends(get_backend)]
+MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+Authorized = [Depends(require_token)]
+PredictAuthorized = [Depends(require_predict_token)]

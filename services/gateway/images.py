@@ -1,0 +1,135 @@
+"""Prediction inputs, in memory only (never on disk): TF Serving's JSON body
+``{"instances": [{"b64": ...}]}`` or a multipart upload of images, each
+checked to be a JPEG or PNG that decodes, within the size limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import warnings
+
+from PIL import Image
+from pydantic import ValidationError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from incept.settings import Settings
+from services.gateway.errors import ApiError, BadImage, TooLarge, UnsupportedMedia
+from services.gateway.schemas import PredictRequest
+
+_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+
+
+def image_format(data: bytes) -> str | None:
+    return next((fmt for magic, fmt in _MAGIC.items() if data.startswith(magic)), None)
+
+
+def check_image(data: bytes, what: str, settings: Settings) -> None:
+    if len(data) > settings.max_image_bytes:
+        raise TooLarge(f"{what} is larger than {settings.max_image_bytes} bytes")
+    if not data:
+        raise BadImage(f"{what} is empty")
+    fmt = image_format(data)
+    if fmt is None:
+        raise UnsupportedMedia(f"{what} is not a JPEG or PNG image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > settings.max_image_pixels:
+                    raise TooLarge(f"{what} has {img.width}x{img.height} pixels; the limit is "
+                                   f"{settings.max_image_pixels}")
+                img.load()
+    except (TooLarge, UnsupportedMedia):
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+            Image.DecompressionBombError) as e:
+        raise BadImage(f"{what} is a {fmt} that cannot be decoded: {e}") from None
+
+
+def images_from_json(body: bytes) -> list[bytes]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(f"invalid JSON: {e}", status_code=422) from None
+    try:
+        request = PredictRequest.model_validate(data)
+    except ValidationError as e:
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ApiError('expected {"instances": [{"b64": "<base64 image>"}, ...]}', status_code=422,
+                       problems=problems[:20]) from None
+    images = []
+    for i, inst in enumerate(request.instances):
+        b64 = inst.b64 if hasattr(inst, "b64") else next(iter(inst.values())).b64
+        try:
+            images.append(base64.b64decode(b64, validate=True))
+        except (binascii.Error, ValueError):
+            raise ApiError(f"instances[{i}].b64 is not valid base64") from None
+    return images
+
+
+def images_from_multipart(body: bytes, content_type: str) -> list[bytes]:
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError("multipart body without a boundary")
+    parts: list[bytearray] = []
+    filenames: list[bool] = []
+    header_name = bytearray()
+    header_value = bytearray()
+    headers: dict[bytes, bytes] = {}
+
+    def on_part_begin():
+        headers.clear()
+        parts.append(bytearray())
+
+    def on_part_data(data, start, end):
+        parts[-1] += data[start:end]
+
+    def on_header_field(data, start, end):
+        header_name.extend(data[start:end])
+
+    def on_header_value(data, start, end):
+        header_value.extend(data[start:end])
+
+    def on_header_end():
+        headers[bytes(header_name).lower()] = bytes(header_value)
+        header_name.clear()
+        header_value.clear()
+
+    def on_headers_finished():
+        _, disp = parse_options_header(headers.get(b"content-disposition", b""))
+        filenames.append(b"filename" in disp)
+
+    parser = MultipartParser(boundary, {
+        "on_part_begin": on_part_begin, "on_part_data": on_part_data,
+        "on_header_field": on_header_field, "on_header_value": on_header_value,
+        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+    })
+    try:
+        parser.write(body)
+        parser.finalize()
+    except Exception as e:
+        raise ApiError(f"malformed multipart body: {e}") from None
+    images = [bytes(p) for p, is_file in zip(parts, filenames, strict=False) if is_file]
+    if not images:
+        raise ApiError("the multipart body has no file parts: upload images as files")
+    return images
+
+
+def read_images(body: bytes, content_type: str, settings: Settings) -> list[bytes]:
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "application/json":
+        images = images_from_json(body)
+    elif kind == "multipart/form-data":
+        images = images_from_multipart(body, content_type)
+    else:
+        raise UnsupportedMedia("send application/json ({\"instances\": [{\"b64\": ...}]}) "
+                               "or multipart/form-data with image files")
+    if len(images) > settings.max_images_per_request:
+        raise TooLarge(f"{len(images)} images in one request; the limit is "
+                       f"{settings.max_images_per_request}")
+    for i, img in enumerate(images):
+        check_image(img, f"image {i}", settings)
+    return images

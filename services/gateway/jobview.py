@@ -1,0 +1,126 @@
+"""A job as the API shows it: the live Redis hash merged over what the shared
+volume keeps (spec.json, status.json, eval/<step>.json), so a gateway restart
+or a lost Redis keeps every job and its history."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from incept.jobstate import JobState
+from incept.layout import NAME_RE, Layout
+
+log = logging.getLogger(__name__)
+
+_EVAL_FIELDS = ("step", "accuracy", "recall_at_5", "loss", "num_images", "ece", "blessed",
+                "exported_version", "evaluated_at")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def disk_job_ids(layout: Layout) -> list[str]:
+    if not layout.runs.is_dir():
+        return []
+    return [p.name for p in layout.runs.iterdir()
+            if NAME_RE.match(p.name) and (p / "spec.json").exists()]
+
+
+def evaluations(layout: Layout, job_id: str) -> list[dict]:
+    eval_dir = layout.run(job_id).eval_dir
+    if not eval_dir.is_dir():
+        return []
+    out = []
+    for p in eval_dir.glob("*.json"):
+        if p.stem.isdigit():
+            data = _read_json(p)
+            if isinstance(data, dict) and "step" in data:
+                out.append(data)
+    return sorted(out, key=lambda e: e["step"])
+
+
+def _best(evals: list[dict]) -> dict | None:
+    scored = [e for e in evals if isinstance(e.get("accuracy"), int | float)]
+    if not scored:
+        return None
+    # Highest accuracy; the earlier step wins a tie (it was exported first).
+    return max(scored, key=lambda e: (e["accuracy"], -e["step"]))
+
+
+def job_summary(layout: Layout, state: JobState, job_id: str, *, full: bool = False) -> dict | None:
+    run = layout.run(job_id)
+    spec = _read_json(run.spec)
+    status = _read_json(run.status)
+    live = None
+    if state is not None:
+        try:
+            live = state.get(job_id)
+        except redis.RedisError as e:  # the volume still has the job
+            log.warning("redis unavailable, serving job %s from disk: %s", job_id, e)
+    if spec is None and live is None:
+        return None
+    merged: dict[str, Any] = {"job_id": job_id, "state": "queued"}
+    if isinstance(spec, dict):
+        merged["spec"] = spec
+        merged["dataset"] = spec.get("dataset")
+        merged["model_name"] = spec.get("served_model_name") or Path(str(spec.get("dataset", ""))).name
+        merged["max_steps"] = spec.get("max_steps")
+        with contextlib.suppress(OSError):
+            merged["created_at"] = run.spec.stat().st_mtime
+    if isinstance(status, dict):
+        merged.update({k: v for k, v in status.items() if v is not None})
+    if live:
+        merged.update({k: v for k, v in live.items() if v not in (None, "")})
+    if isinstance(merged.get("spec"), str):
+        merged["spec"] = _read_json_text(merged["spec"])
+    evals = evaluations(layout, job_id) if full or "best" not in merged else []
+    best = _best(evals)
+    if best is not None:
+        merged["best"] = {"step": best["step"], "accuracy": best["accuracy"]}
+    if full:
+        merged["evaluations"] = [{k: e.get(k) for k in _EVAL_FIELDS} for e in evals]
+        merged["best_eval"] = best
+        exported = set(merged.get("exported_versions") or [])
+        exported |= {e["exported_version"] for e in evals if isinstance(e.get("exported_version"), int)}
+        merged["exported_versions"] = sorted(exported)
+        if merged.get("latest_eval") is None and evals:
+            e = evals[-1]
+            merged["latest_eval"] = {k: e.get(k) for k in ("step", "accuracy", "recall_at_5", "loss")}
+    return merged
+
+
+def _read_json_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def list_jobs(layout: Layout, state: JobState | None) -> list[dict]:
+    ids = set(disk_job_ids(layout))
+    if state is not None:
+        try:
+            ids |= set(state.list_ids())
+        except redis.RedisError as e:
+            log.warning("redis unavailable, listing jobs from disk: %s", e)
+            state = None
+    jobs = []
+    for job_id in ids:
+        if not NAME_RE.match(job_id):
+            continue
+        try:
+            summary = job_summary(layout, state, job_id)
+        except ValueError:
+            continue
+        if summary is not None:
+            jobs.append(summary)
+    return sorted(jobs, key=lambda j: j.get("created_at") or 0, reverse=True)

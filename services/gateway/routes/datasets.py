@@ -1,0 +1,169 @@
+"""Datasets: upload an archive of class folders (converted by a queued job), list, inspect."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from typing import Annotated
+
+import redis
+from fastapi import APIRouter, Query, Request
+from rq.job import JobStatus
+from starlette.concurrency import run_in_threadpool
+
+from incept.layout import check_name
+from incept.queues import enqueue_conversion, request_status
+from services.gateway.archives import Limits, extract_archive
+from services.gateway.deps import Authorized, LayoutDep, RedisDep, SettingsDep
+from services.gateway.errors import ApiError, Conflict, NotFound, TooLarge
+from services.gateway.schemas import DatasetAccepted, DatasetInfoOut, DatasetList, ErrorBody
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=Authorized,
+                   responses={401: {"model": ErrorBody}})
+
+ARCHIVE_TYPES = ("application/zip", "application/x-tar", "application/gzip",
+                 "application/x-gzip", "application/octet-stream")
+
+
+def _conversion_id(name: str) -> str:
+    return f"convert.{name}"
+
+
+def _conversion_state(conn: redis.Redis, name: str) -> tuple[str | None, str | None]:
+    try:
+        status = request_status(conn, _conversion_id(name))
+    except redis.RedisError:
+        return None, None
+    if status is None:
+        return None, None
+    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+        from rq.job import Job
+
+        with contextlib.suppress(Exception):
+            job = Job.fetch(_conversion_id(name), connection=conn)
+            result = job.latest_result()
+            reason = (result.exc_string or "").strip().splitlines()[-1:] if result else []
+            return "failed", (reason[0][:300] if reason else "conversion failed")
+        return "failed", "conversion failed"
+    if status == JobStatus.FINISHED:
+        return "ready", None
+    return "converting", None
+
+
+def _dataset(layout, conn, name: str) -> dict | None:
+    path = layout.dataset(name)
+    info_file = path / "dataset.json"
+    if info_file.exists():
+        try:
+            info = json.loads(info_file.read_text())
+        except (OSError, ValueError):
+            info = {}
+        names = info.get("class_names")
+        return {"name": name, "state": "ready", "class_names": names,
+                "num_classes": info.get("num_classes") or (len(names) if names else None),
+                "counts": info.get("counts") or info.get("num_examples")}
+    state, error = _conversion_state(conn, name)
+    if state is None:
+        return None
+    return {"name": name, "state": "converting" if state == "ready" else state, "error": error}
+
+
+def _pending_names(conn) -> set[str]:
+    try:
+        from rq import Queue
+
+        from incept.queues import DATASETS_QUEUE
+        return {jid.removeprefix("convert.") for jid in Queue(DATASETS_QUEUE, connection=conn).job_ids
+                if jid.startswith("convert.")}
+    except redis.RedisError:
+        return set()
+
+
+@router.get("", response_model=DatasetList)
+def list_datasets(layout: LayoutDep, conn: RedisDep):
+    names = set()
+    if layout.datasets.is_dir():
+        names |= {p.name for p in layout.datasets.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    names |= _pending_names(conn)
+    out = []
+    for name in sorted(names):
+        with contextlib.suppress(ValueError):
+            d = _dataset(layout, conn, name)
+            if d is not None:
+                out.append(d)
+    return {"datasets": out}
+
+
+@router.get("/{name}", response_model=DatasetInfoOut, responses={404: {"model": ErrorBody}})
+def get_dataset(name: str, layout: LayoutDep, conn: RedisDep):
+    try:
+        d = _dataset(layout, conn, name)
+    except ValueError:
+        d = None
+    if d is None:
+        raise NotFound(f"unknown dataset {name!r}")
+    return d
+
+
+@router.post(
+    "", status_code=202, response_model=DatasetAccepted,
+    responses={400: {"model": ErrorBody}, 409: {"model": ErrorBody}, 413: {"model": ErrorBody},
+               415: {"model": ErrorBody}},
+    openapi_extra={"requestBody": {"required": True, "description": "A zip or tar(.gz) of class folders.",
+                                   "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                                               for t in ARCHIVE_TYPES}}},
+)
+async def upload_dataset(
+    request: Request, layout: LayoutDep, conn: RedisDep, settings: SettingsDep,
+    name: Annotated[str, Query(description="The dataset's name (letters, digits, '_', '-', '.').",
+                               max_length=64)],
+):
+    try:
+        check_name(name, "dataset name")
+    except ValueError as e:
+        raise ApiError(str(e)) from None
+    content_type = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
+    if content_type not in ARCHIVE_TYPES:
+        raise ApiError(f"send the archive as the request body with one of: {', '.join(ARCHIVE_TYPES)}",
+                       status_code=415)
+    if layout.dataset(name).exists():
+        raise Conflict(f"dataset {name!r} already exists")
+    state, _ = await run_in_threadpool(_conversion_state, conn, name)
+    if state == "converting":
+        raise Conflict(f"dataset {name!r} is already being converted")
+
+    # Never a client-chosen file name: a random one under uploads/.
+    layout.uploads.mkdir(parents=True, exist_ok=True)
+    upload_id = uuid.uuid4().hex
+    archive = layout.uploads / f"{upload_id}.archive"
+    extracted = layout.uploads / upload_id
+    size = 0
+    try:
+        with open(archive, "xb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    raise TooLarge(f"the upload is larger than {settings.max_upload_bytes} bytes")
+                out.write(chunk)
+        if size == 0:
+            raise ApiError("the request body is empty: send a zip or tar archive")
+        limits = Limits(settings.max_archive_files, settings.max_unpacked_bytes,
+                        settings.max_compression_ratio)
+        report = await run_in_threadpool(extract_archive, archive, extracted, limits)
+    except BaseException:
+        shutil.rmtree(extracted, ignore_errors=True)
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(archive)
+    try:
+        enqueue_conversion(conn, name, str(report.root))
+    except redis.RedisError:
+        shutil.rmtree(extracted, ignore_errors=True)
+        raise ApiError("Redis is unavailable; try again", status_code=503,
+                       headers={"Retry-After": "5"}) from None
+    return DatasetAccepted(name=name, state="converting", files=report.files,
+                           url=str(request.url_for("get_dataset", name=name)))

@@ -1,0 +1,153 @@
+"""Training jobs: submit, list, inspect, follow live (server-sent events), cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, Body, Header, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from incept.fsutil import write_json_atomic
+from incept.jobstate import TERMINAL_STATES
+from incept.layout import NAME_RE
+from incept.spec import parse_spec
+from services.gateway import jobview
+from services.gateway.deps import (
+    Authorized,
+    JobStateDep,
+    LauncherDep,
+    LayoutDep,
+)
+from services.gateway.errors import ApiError, Conflict, NotFound
+from services.gateway.schemas import ErrorBody, JobCreated, JobDetail, JobList
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=Authorized,
+                   responses={401: {"model": ErrorBody}})
+
+SSE_POLL_MS = 1000
+
+
+def new_job_id(dataset: str) -> str:
+    """``<dataset>-<UTC time>-<random>``: readable, sortable, unique, and NAME_RE-safe."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(dataset).name).strip("-_")[:32] or "job"
+    if not stem[0].isalnum():
+        stem = "job-" + stem
+    job_id = f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+    assert NAME_RE.match(job_id)
+    return job_id
+
+
+def _get_job(layout, state, job_id: str, *, full: bool) -> dict:
+    if not NAME_RE.match(job_id) or ".." in job_id:
+        raise NotFound(f"unknown job {job_id!r}")
+    job = jobview.job_summary(layout, state, job_id, full=full)
+    if job is None:
+        raise NotFound(f"unknown job {job_id!r}")
+    return job
+
+
+@router.post("", status_code=202, response_model=JobCreated,
+             responses={400: {"model": ErrorBody}, 422: {"model": ErrorBody},
+                        503: {"model": ErrorBody}})
+def submit_job(request: Request, layout: LayoutDep, state: JobStateDep, launcher: LauncherDep,
+               spec: Annotated[dict[str, Any], Body(description="A job spec (incept.spec.JobSpec).")]):
+    job_spec = parse_spec(spec)
+    try:
+        dataset_dir = job_spec.dataset_dir(layout)
+    except ValueError as e:
+        raise ApiError(f"dataset: {e}") from None
+    if not dataset_dir.is_dir():
+        raise ApiError(f"dataset {job_spec.dataset!r} is not a known dataset "
+                       f"(no folder {dataset_dir.relative_to(layout.root)} in the data root)")
+    job_id = new_job_id(job_spec.dataset)
+    run = layout.run(job_id)
+    run.root.mkdir(parents=True)
+    # The spec is on the volume before anything can start the job (the contract).
+    spec_json = job_spec.model_dump(mode="json")
+    write_json_atomic(run.spec, spec_json)
+    state.create(job_id, spec=json.dumps(spec_json), dataset=job_spec.dataset,
+                 model_name=job_spec.serving_name(), max_steps=job_spec.max_steps)
+    try:
+        ref = launcher.launch(job_id)
+    except Exception as e:
+        state.set_state(job_id, "failed", error=f"could not launch: {e}")
+        raise ApiError(f"could not launch the job: {e}", status_code=503,
+                       headers={"Retry-After": "30"}) from None
+    state.update(job_id, launcher=json.dumps({"launcher": launcher.name, "ref": ref}))
+    return JobCreated(job_id=job_id, url=str(request.url_for("get_job", job_id=job_id)),
+                      state="queued")
+
+
+@router.get("", response_model=JobList)
+def list_jobs(layout: LayoutDep, state: JobStateDep):
+    return {"jobs": jobview.list_jobs(layout, state)}
+
+
+@router.get("/{job_id}", response_model=JobDetail, responses={404: {"model": ErrorBody}})
+def get_job(job_id: str, layout: LayoutDep, state: JobStateDep):
+    job = _get_job(layout, state, job_id, full=True)
+    if isinstance(job.get("launcher"), str):
+        job["launcher"] = None
+    return job
+
+
+@router.delete("/{job_id}", status_code=202, response_model=JobDetail,
+               responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+def cancel_job(job_id: str, layout: LayoutDep, state: JobStateDep, launcher: LauncherDep):
+    job = _get_job(layout, state, job_id, full=False)
+    if job["state"] in TERMINAL_STATES:
+        raise Conflict(f"job {job_id} already {job['state']}")
+    try:
+        state.request_cancel(job_id)
+        if launcher.cancel(job_id):
+            state.set_state(job_id, "cancelled")  # it never started
+        else:
+            state.set_state(job_id, "cancelling")
+    except redis.RedisError:
+        raise ApiError("Redis is unavailable; try again", status_code=503,
+                       headers={"Retry-After": "5"}) from None
+    return _get_job(layout, state, job_id, full=True)
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "Server-sent events: state, progress, checkpoint, eval, export, error"},
+                       404: {"model": ErrorBody}})
+async def job_events(job_id: str, request: Request, layout: LayoutDep, state: JobStateDep,
+                     last_event_id: Annotated[str | None, Header()] = None):
+    await run_in_threadpool(_get_job, layout, state, job_id, full=False)
+    after = last_event_id if last_event_id and re.fullmatch(r"\d+-\d+", last_event_id) else "0-0"
+
+    async def stream():
+        nonlocal after
+        yield "retry: 2000\n\n"
+        while not await request.is_disconnected():
+            try:
+                events = await run_in_threadpool(state.events, job_id, after, SSE_POLL_MS)
+            except redis.RedisError:
+                yield "event: error\ndata: {\"error\": \"redis unavailable\"}\n\n"
+                await asyncio.sleep(2)
+                continue
+            finished = False
+            for eid, kind, data in events:
+                after = eid
+                yield f"id: {eid}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+                finished |= kind == "state" and data.get("state") in TERMINAL_STATES
+            if finished:
+                return
+            if not events:
+                job = await run_in_threadpool(jobview.job_summary, layout, state, job_id)
+                if job and job["state"] in TERMINAL_STATES:
+                    return
+                yield ": keep-alive\n\n"
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,0 +1,138 @@
+"""Request and response models of the HTTP API (the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    problems: list[str] | None = None
+
+
+class JobCreated(BaseModel):
+    job_id: str
+    url: str
+    state: str
+
+
+class Evaluation(BaseModel):
+    step: int
+    accuracy: float | None = None
+    recall_at_5: float | None = None
+    loss: float | None = None
+    num_images: int | None = None
+    ece: float | None = None
+    blessed: bool | None = None
+    exported_version: int | None = None
+    evaluated_at: float | str | None = None
+
+
+class Best(BaseModel):
+    step: int
+    accuracy: float | None = None
+
+
+class JobSummary(BaseModel):
+    job_id: str
+    state: str
+    dataset: str | None = None
+    model_name: str | None = None
+    created_at: float | None = None
+    step: int | None = None
+    max_steps: int | None = None
+    best: Best | None = None
+
+
+class JobDetail(JobSummary):
+    spec: dict[str, Any] | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    images_per_sec: float | None = None
+    eta_s: float | None = None
+    last_checkpoint_step: int | None = None
+    latest_eval: dict[str, Any] | None = None
+    evaluations: list[Evaluation] = Field(default_factory=list)
+    best_eval: dict[str, Any] | None = Field(
+        None, description="The best step's full evaluation (per-class metrics, confusion matrix).")
+    exported_versions: list[int] = Field(default_factory=list)
+    served_model: str | None = None
+    error: str | None = None
+    launcher: dict[str, Any] | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+
+
+class DatasetInfoOut(BaseModel):
+    name: str
+    state: str = Field(description="converting | ready | failed")
+    class_names: list[str] | None = None
+    num_classes: int | None = None
+    counts: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetInfoOut]
+
+
+class DatasetAccepted(BaseModel):
+    name: str
+    state: str
+    files: int
+    url: str
+
+
+class TopClass(BaseModel):
+    label: str
+    score: float
+
+
+class ImagePrediction(BaseModel):
+    top: list[TopClass]
+    unknown: bool = Field(description="The model says the image is not one of its classes.")
+    ood_score: float
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    predictions: list[ImagePrediction]
+
+
+class B64Image(BaseModel):
+    b64: str
+
+
+class PredictRequest(BaseModel):
+    """TF Serving's REST body: ``{"instances": [{"b64": "..."}]}``."""
+
+    signature_name: str | None = None
+    instances: list[B64Image | dict[str, B64Image]] = Field(min_length=1)
+
+
+class ModelVersion(BaseModel):
+    version: int
+    state: str
+    error: str = ""
+
+
+class ModelOut(BaseModel):
+    name: str
+    versions_on_disk: list[int]
+    versions: list[ModelVersion]
+    backend: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = Field(default_factory=dict)
