@@ -154,8 +154,8 @@ def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: st
     if handle_signals and threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.set("preempted"))
     try:
-        return _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, reporter,
-                      link, stop, max_steps, path, progress_interval_s)
+        result = _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, reporter,
+                        link, stop, max_steps, path, progress_interval_s)
     except BaseException as e:
         reporter.state("failed", error=str(e)[:2000])
         raise
@@ -163,8 +163,10 @@ def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: st
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         reporter.close()
-        if link is not None:
-            link.close()
+        # Flush pending state and eval requests (bounded: SIGTERM leaves ~30 s).
+        unsent = link.close(timeout_s=15.0) if link is not None else []
+    result.unsent_evals = unsent
+    return result
 
 
 def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, reporter, link, stop,
@@ -340,8 +342,6 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
                          path="head_only" if head_only else "full", resumed_from=resumed_from,
                          checkpoints=saved, images_per_sec=images_per_sec,
                          feature_seconds=feature_seconds)
-    if link is not None:
-        result.unsent_evals = link.close(timeout_s=20.0)
     if state == "preempted":
         # Not a final state: a restart resumes from the checkpoint just written.
         reporter.state("queued", step=step, preempted_at=step)

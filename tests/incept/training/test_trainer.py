@@ -1,0 +1,116 @@
+"""The trainer in-process with the tiny net on generated images (real TF, real Redis)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers_training import TINY_HEADS, make_dataset, make_run, validation_accuracy  # noqa: E402
+
+FAST = {"learning_rate": 0.05, "opt_epsilon": 1e-3}
+
+
+@pytest.fixture
+def data(layout):
+    make_dataset(layout)
+    return layout
+
+
+def test_job_learns_checkpoints_and_one_eval_request_each(data, redis_conn, redis_url):
+    from rq import Queue
+
+    from incept.checkpoints import list_checkpoints
+    from incept.jobstate import JobState
+    from incept.queues import eval_request_id
+    from incept.training.trainer import train
+
+    run, _ = make_run(data, "learn", max_steps=80, augment=False, **FAST)
+    result = train("learn", data, redis_url=redis_url, progress_interval_s=0.2)
+    assert result.state == "succeeded" and result.path == "full"
+    assert list_checkpoints(run) == [20, 40, 60, 80]
+    accuracy, _ = validation_accuracy(data, run)
+    assert accuracy >= 0.8  # chance is 1/3
+    assert sorted(Queue("eval", connection=redis_conn).job_ids) == sorted(
+        eval_request_id("learn", s) for s in (20, 40, 60, 80))
+    state = JobState(redis_conn)
+    job = state.get("learn")
+    assert job["state"] == "succeeded" and job["step"] == 80 and job["last_checkpoint_step"] == 80
+    kinds = [k for _, k, _ in state.events("learn")]
+    assert kinds.count("checkpoint") == 4 and "progress" in kinds and kinds[-1] == "state"
+    status = json.loads(run.status.read_text())
+    assert status["state"] == "succeeded" and status["step"] == 80
+    assert list(run.train_logs.glob("events.out.tfevents.*"))
+
+
+def test_head_only_path_matches_full_path_and_reuses_the_cache(data):
+    from incept.checkpoints import restore_for_inference
+    from incept.training.trainer import train
+
+    common = dict(trainable_scopes=TINY_HEADS, augment=False, dropout_keep_prob=1.0,
+                  batch_size=18, max_steps=30, checkpoint_every_steps=None, optimizer="sgd",
+                  learning_rate=0.1)
+    run_full, _ = make_run(data, "viafull", **common)
+    run_head, _ = make_run(data, "viahead", **common)
+    assert train("viafull", data, path="full").path == "full"
+    assert train("viahead", data).path == "head_only"
+    full = restore_for_inference(run_full, layout=data).model
+    head = restore_for_inference(run_head, layout=data).model
+    for name in ("Logits.Logits", "AuxLogits.Aux_logits"):
+        for a, b in zip(full.get_layer(name).weights, head.get_layer(name).weights, strict=True):
+            # Equal up to the float16 rounding of the cached features.
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-2)
+    # The backbone stayed frozen in both.
+    np.testing.assert_array_equal(full.get_layer("Conv2d_1a_3x3").kernel.numpy(),
+                                  head.get_layer("Conv2d_1a_3x3").kernel.numpy())
+    acc_full, _ = validation_accuracy(data, run_full)
+    acc_head, _ = validation_accuracy(data, run_head)
+    assert abs(acc_full - acc_head) <= 0.05
+    # A later job on the same images reuses the cached features.
+    make_run(data, "viahead2", **common)
+    cached = list(data.feature_cache.rglob("*.npz"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    train("viahead2", data)
+    assert cached[0].stat().st_mtime_ns == mtime
+
+
+def test_cancel_flag_stops_with_a_final_checkpoint(data, redis_conn, redis_url):
+    from incept.checkpoints import list_checkpoints
+    from incept.jobstate import JobState
+    from incept.training.trainer import train
+
+    run, _ = make_run(data, "cancelme", max_steps=100000, checkpoint_every_steps=None)
+    JobState(redis_conn).request_cancel("cancelme")
+    result = train("cancelme", data, redis_url=redis_url)
+    assert result.state == "cancelled" and result.step < 100000
+    assert list_checkpoints(run) == [result.step]
+    assert JobState(redis_conn).get("cancelme")["state"] == "cancelled"
+
+
+def test_corrupt_newest_checkpoint_falls_back_loudly(data, caplog):
+    from incept.checkpoints import list_checkpoints
+    from incept.training.trainer import train
+
+    run, _ = make_run(data, "resume", max_steps=40)
+    train("resume", data)
+    assert list_checkpoints(run) == [20, 40]
+    shard = next(run.checkpoints.glob("ckpt-40.data-*"))
+    shard.write_bytes(shard.read_bytes()[:64])
+    make_run(data, "resume", max_steps=50)
+    result = train("resume", data)
+    assert result.resumed_from == 20 and result.step == 50
+    assert "ckpt-40" in caplog.text and "CORRUPT" in caplog.text
+
+
+def test_invalid_job_is_refused_before_training(data):
+    from incept.errors import UserError
+    from incept.training.trainer import train
+
+    make_run(data, "toobig", batch_size=4096)
+    with pytest.raises(UserError, match="fewer than batch_size"):
+        train("toobig", data)
