@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from PIL import Image, UnidentifiedImageError
 
 # Formats stored as they are when already 8-bit RGB; everything else is re-encoded.
 _KEEP_FORMATS = {"JPEG": "jpeg", "PNG": "png"}
+# Pillow's own decompression-bomb limit (it warns above it, refuses at twice it).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 @dataclass
@@ -39,14 +40,14 @@ def read_source_image(path: Path, jpeg_quality: int = 95) -> SourceImage:
     if not data:
         return SourceImage(path, digest, reason="empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            fmt = image.format
-            image.load()
+        image = Image.open(io.BytesIO(data))
+        fmt = image.format
+        if image.width * image.height > MAX_PIXELS:
+            return SourceImage(path, digest, reason=f"image too large ({image.width}x{image.height})")
+        image.load()
     except UnidentifiedImageError:
         return SourceImage(path, digest, reason="not an image")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         return SourceImage(path, digest, reason="image too large (decompression bomb guard)")
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         return SourceImage(path, digest, reason=f"truncated or corrupt image: {e}")
