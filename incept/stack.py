@@ -45,6 +45,7 @@ SERVICES = ("evaluator", "trainer", "gateway")
 # trainer needs time to write a checkpoint (its contract: within 30 s).
 STOP_TIMEOUT_S = {"trainer": 60.0, "evaluator": 30.0, "gateway": 15.0}
 HEALTH_TIMEOUT_S = 240.0  # TensorFlow imports are slow on a busy 2-core machine.
+REDIS_RESTART_DELAY_S = 2.0
 
 
 class StackError(UserError):
@@ -479,18 +480,30 @@ class Stack:
     # -- supervision ------------------------------------------------------------
 
     def supervise(self, stop_event: threading.Event, max_restarts: int = 5) -> None:
-        """Restart a service that died on its own (with a growing pause), until
-        ``stop_event`` is set. Meant for a background thread of ``incept up``."""
+        """Restart Redis (on its port, from its append-only file) or a service that
+        died on its own, until ``stop_event`` is set. A dead service's leftovers (an
+        rq work horse still training) get SIGTERM and their grace period first, so
+        no two trainers ever run the same job. Meant for a thread of ``incept up``."""
         while not stop_event.wait(1.0):
             if self._stopping:
                 return
+            if self.redis and self.redis.process and self.redis.process.poll() is not None:
+                log.warning("Redis exited with code %s; starting it again on port %s",
+                            self.redis.process.returncode, self.redis.port)
+                stop_event.wait(REDIS_RESTART_DELAY_S)
+                if stop_event.is_set() or self._stopping:
+                    return
+                try:
+                    self.start_redis()
+                    self._write_state("ready")
+                except Exception as e:
+                    log.error("could not restart Redis: %s", e)
             for name, child in list(self.children.items()):
-                if child.running() or self._stopping:
-                    continue
-                if child.restarts >= max_restarts:
+                if child.running() or self._stopping or child.restarts >= max_restarts:
                     continue
                 log.warning("%s exited with code %s; restarting it (log: %s)", name,
                             child.process.returncode, child.log_path)
+                _end_group(child.pid, STOP_TIMEOUT_S[name])
                 stop_event.wait(min(30.0, 2.0 ** child.restarts))
                 if stop_event.is_set() or self._stopping:
                     return
@@ -499,6 +512,27 @@ class Stack:
                     self._write_state("ready")
                 except Exception as e:  # keep supervising the others
                     log.error("could not restart %s: %s", name, e)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _end_group(pgid: int | None, timeout_s: float) -> None:
+    """SIGTERM what is left of a process group, then SIGKILL it after ``timeout_s``."""
+    if not pgid or not _group_alive(pgid):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _create_time(pid: int | None) -> float | None:
