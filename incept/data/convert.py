@@ -10,9 +10,6 @@ crash never leaves half a dataset. Every file is read and decoded exactly once
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import json
 import logging
@@ -28,9 +25,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from incept.data._swap import replace_directory
 from incept.data.images import SourceImage, read_source_image
 from incept.errors import UserError
-from incept.fsutil import fsync_dir, fsync_tree, write_json_atomic
+from incept.fsutil import fsync_tree, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +210,7 @@ def convert(src_dir: str | Path, out_dir: str | Path, validation_percent: float 
             write_json_atomic(out_dir / DATASET_JSON, existing)
             return _report_from_info(out_dir, existing, unchanged=True)
         fsync_tree(tmp)
-        _swap_in(tmp, out_dir)
+        replace_directory(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _report_from_info(out_dir, info, unchanged=False)
@@ -355,39 +353,3 @@ def _report_from_info(out_dir: Path, info: dict, unchanged: bool) -> ConvertRepo
         unchanged=unchanged,
         shards={s: len(v) for s, v in info.get("shards", {}).items()},
     )
-
-
-# --- swapping a finished dataset into place -------------------------------------------
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2). False when unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
-    if fn is None:
-        return False
-    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
-
-
-def _swap_in(tmp: Path, target: Path) -> None:
-    """Make ``tmp`` become ``target``. A reader sees the old dataset or the new
-    one; an existing target is swapped out atomically where the OS allows it."""
-    if not target.exists():
-        os.rename(tmp, target)
-    elif _exchange(tmp, target):
-        pass  # tmp now holds the old dataset; the caller removes it
-    else:
-        old = target.with_name(f".{target.name}.old")
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(old)
-        os.rename(target, old)
-        os.rename(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    fsync_dir(target.parent)
