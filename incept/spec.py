@@ -80,27 +80,9 @@ class JobSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> JobSpec:
-        from incept.nets import net_info
-
-        problems: list[str] = []
-        try:
-            info = net_info(self.model_name)
-        except ValueError as e:
-            problems.append(f"model_name: {e}")
-            info = None
-        if (self.max_steps is None) == (self.epochs is None):
-            problems.append("set exactly one of max_steps or epochs")
-        if info is not None:
-            for field in ("exclude_scopes", "trainable_scopes"):
-                for scope in getattr(self, field):
-                    if not (scope == info.scope or scope.startswith(info.scope + "/")):
-                        problems.append(f"{field}: {scope!r} is not under the model's scope {info.scope!r}")
-            if self.image_size is not None and self.image_size < info.min_image_size:
-                problems.append(f"image_size: {self.model_name} needs at least {info.min_image_size} px")
-        if self.served_model_name is not None and not NAME_RE.match(self.served_model_name):
-            problems.append("served_model_name: use letters, digits, '_', '-', '.'")
+        problems = _cross_field_problems(self.__dict__)
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("\n".join(problems))
         return self
 
     def serving_name(self) -> str:
@@ -120,12 +102,43 @@ class JobSpec(BaseModel):
         return layout.resolve_inside(path)
 
 
+def _cross_field_problems(values: dict) -> list[str]:
+    """Checks across fields. Also run on the raw input when some field is
+    invalid (pydantic then skips the model validator), so every problem is listed."""
+    from incept.nets import net_info
+
+    problems: list[str] = []
+    model_name = values.get("model_name")
+    try:
+        info = net_info(model_name)
+    except (ValueError, TypeError) as e:
+        problems.append(f"model_name: {e}")
+        info = None
+    if (values.get("max_steps") is None) == (values.get("epochs") is None):
+        problems.append("set exactly one of max_steps or epochs")
+    if info is not None:
+        for field in ("exclude_scopes", "trainable_scopes"):
+            scopes = values.get(field) or []
+            for scope in scopes if isinstance(scopes, list) else []:
+                if not isinstance(scope, str):
+                    continue
+                if not (scope == info.scope or scope.startswith(info.scope + "/")):
+                    problems.append(f"{field}: {scope!r} is not under the model's scope {info.scope!r}")
+        size = values.get("image_size")
+        if isinstance(size, int) and size < info.min_image_size:
+            problems.append(f"image_size: {model_name} needs at least {info.min_image_size} px")
+    served = values.get("served_model_name")
+    if served is not None and not (isinstance(served, str) and NAME_RE.match(served)):
+        problems.append("served_model_name: use letters, digits, '_', '-', '.'")
+    return problems
+
+
 def _problems(err: ValidationError) -> list[str]:
     out = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        out.extend(f"{loc}: {m}" if loc else m for m in msg.split("; "))
+        out.extend(f"{loc}: {m}" if loc else m for m in msg.split("\n"))
     return out
 
 
@@ -133,7 +146,14 @@ def parse_spec(data: dict) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError(_problems(e)) from None
+        problems = _problems(e)
+        if not any(err["type"] == "value_error" and not err["loc"] for err in e.errors()):
+            # Field errors stopped pydantic before the cross-field checks: run them too.
+            values = {name: f.get_default(call_default_factory=True)
+                      for name, f in JobSpec.model_fields.items() if not f.is_required()}
+            values.update(data)
+            problems += [p for p in _cross_field_problems(values) if p not in problems]
+        raise SpecError(problems) from None
 
 
 def load_spec(path: str | Path) -> JobSpec:
