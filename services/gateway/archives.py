@@ -105,7 +105,8 @@ def _extract_zip(path: Path, root: Path, budget: _Budget) -> None:
         for info in zf.infolist():
             rel = _safe_relpath(info.filename)
             mode = info.external_attr >> 16
-            if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+            kind = stat.S_IFMT(mode)  # 0 when the archiver stored permissions only
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
                 raise ArchiveError(f"refusing {info.filename!r}: links and special files are not allowed")
             if rel is None:
                 continue

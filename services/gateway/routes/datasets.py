@@ -15,7 +15,13 @@ from rq.job import JobStatus
 from starlette.concurrency import run_in_threadpool
 
 from incept.layout import check_name
-from incept.queues import enqueue_conversion, request_status
+from incept.queues import (
+    DATASETS_QUEUE,
+    conversion_request_id,
+    enqueue_conversion,
+    request_part,
+    request_status,
+)
 from services.gateway.archives import Limits, extract_archive
 from services.gateway.deps import Authorized, LayoutDep, RedisDep, SettingsDep
 from services.gateway.errors import ApiError, Conflict, NotFound, TooLarge
@@ -28,13 +34,9 @@ ARCHIVE_TYPES = ("application/zip", "application/x-tar", "application/gzip",
                  "application/x-gzip", "application/octet-stream")
 
 
-def _conversion_id(name: str) -> str:
-    return f"convert.{name}"
-
-
 def _conversion_state(conn: redis.Redis, name: str) -> tuple[str | None, str | None]:
     try:
-        status = request_status(conn, _conversion_id(name))
+        status = request_status(conn, conversion_request_id(name))
     except redis.RedisError:
         return None, None
     if status is None:
@@ -43,7 +45,7 @@ def _conversion_state(conn: redis.Redis, name: str) -> tuple[str | None, str | N
         from rq.job import Job
 
         with contextlib.suppress(Exception):
-            job = Job.fetch(_conversion_id(name), connection=conn)
+            job = Job.fetch(conversion_request_id(name), connection=conn)
             result = job.latest_result()
             reason = (result.exc_string or "").strip().splitlines()[-1:] if result else []
             return "failed", (reason[0][:300] if reason else "conversion failed")
@@ -75,9 +77,9 @@ def _pending_names(conn) -> set[str]:
     try:
         from rq import Queue
 
-        from incept.queues import DATASETS_QUEUE
-        return {jid.removeprefix("convert.") for jid in Queue(DATASETS_QUEUE, connection=conn).job_ids
-                if jid.startswith("convert.")}
+        prefix = conversion_request_id("")
+        return {request_part(jid.removeprefix(prefix))
+                for jid in Queue(DATASETS_QUEUE, connection=conn).job_ids if jid.startswith(prefix)}
     except redis.RedisError:
         return set()
 

@@ -67,8 +67,8 @@ def make_gateway(layout, redis_url, exported_models) -> Callable:
         if with_models and not any(layout.models.iterdir()):
             for d in exported_models.iterdir():
                 shutil.copytree(d, layout.models / d.name)
-        settings = Settings(_env_file=None, data_root=layout.root, redis_url=redis_url,
-                            api_tokens=[TOKEN], **overrides)
+        values = {"data_root": layout.root, "redis_url": redis_url, "api_tokens": [TOKEN], **overrides}
+        settings = Settings(_env_file=None, **values)
         server = ServedApp(create_app(settings)).start()
         started.append(server)
         return server

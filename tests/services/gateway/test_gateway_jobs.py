@@ -1,0 +1,302 @@
+"""Jobs, datasets, auth and health through the served gateway (real Redis, real rq)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+from rq import Queue
+from rq.job import Job
+
+from incept.fsutil import write_json_atomic
+from incept.jobstate import JobState
+from incept.layout import NAME_RE
+from incept.queues import connect, conversion_request_id, train_request_id
+from tests.services.gateway.conftest import TOKEN
+
+SPEC = {"dataset": "flowers", "model_name": "tiny", "max_steps": 5, "batch_size": 4}
+
+PROTECTED = [
+    ("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/some-job"),
+    ("GET", "/v1/jobs/some-job/events"), ("DELETE", "/v1/jobs/some-job"),
+    ("POST", "/v1/datasets?name=x"), ("GET", "/v1/datasets"), ("GET", "/v1/datasets/x"),
+]
+
+
+@pytest.fixture
+def dataset(layout):
+    d = layout.dataset("flowers")
+    d.mkdir(parents=True)
+    write_json_atomic(d / "dataset.json", {"class_names": ["a", "b"], "counts": {"train": 4}})
+    return d
+
+
+def test_every_protected_route_needs_a_valid_token(client):
+    for method, path in PROTECTED:
+        r = client.request(method, path)
+        assert r.status_code == 401, (method, path, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+        r = client.request(method, path, headers={"Authorization": "Bearer not-the-token"})
+        assert r.status_code == 401, (method, path)
+        r = client.request(method, path, headers={"Authorization": f"Basic {TOKEN}"})
+        assert r.status_code == 401, (method, path)
+        r = client.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code != 401, (method, path)
+
+
+def test_tokens_from_a_mounted_file(make_gateway, tmp_path):
+    import httpx
+
+    secret = tmp_path / "tokens"
+    secret.write_text("file-token-1\n\nfile-token-2\n")
+    gw = make_gateway(api_tokens_file=secret)
+    with httpx.Client(base_url=gw.url) as c:
+        assert c.get("/v1/jobs", headers={"Authorization": "Bearer file-token-2"}).status_code == 200
+        assert c.get("/v1/jobs", headers={"Authorization": "Bearer file-token-3"}).status_code == 401
+
+
+def test_submit_stores_the_spec_then_queues_training(client, auth, layout, dataset, redis_url):
+    r = client.post("/v1/jobs", json=SPEC, headers=auth)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    assert NAME_RE.match(job_id) and job_id.startswith("flowers-")
+    assert r.json()["url"].endswith(f"/v1/jobs/{job_id}")
+    spec = json.loads(layout.run(job_id).spec.read_text())
+    assert spec["dataset"] == "flowers" and spec["max_steps"] == 5
+    conn = connect(redis_url)
+    assert train_request_id(job_id) in Queue("train", connection=conn).job_ids
+    assert Job.fetch(train_request_id(job_id), connection=conn).args == (job_id,)
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+    assert job["state"] == "queued" and job["spec"]["model_name"] == "tiny"
+    assert job["model_name"] == "flowers"
+    second = client.post("/v1/jobs", json=SPEC, headers=auth).json()["job_id"]
+    assert second != job_id
+    listed = [j["job_id"] for j in client.get("/v1/jobs", headers=auth).json()["jobs"]]
+    assert set(listed) == {job_id, second}
+
+
+def test_submit_bad_specs(client, auth, layout, dataset, tmp_path):
+    cases = [
+        ({"dataset": "flowers", "model_name": "tiny"}, 422, "exactly one of max_steps or epochs"),
+        ({**SPEC, "learning_rate": -1, "bogus": 1}, 422, "bogus"),
+        ({**SPEC, "model_name": "resnet_9000"}, 422, "unknown model"),
+        ({**SPEC, "dataset": "nosuch"}, 400, "not a known dataset"),
+        ({**SPEC, "dataset": "../../etc"}, 400, "outside the data root"),
+        ({**SPEC, "dataset": "/etc"}, 400, "outside the data root"),
+        ([1, 2], 422, "invalid request"),
+    ]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (layout.datasets / "escape").symlink_to(outside)
+    cases.append(({**SPEC, "dataset": "datasets/escape"}, 400, "outside the data root"))
+    cases.append(({**SPEC, "dataset": "escape"}, 400, "outside the data root"))
+    for body, status, text in cases:
+        r = client.post("/v1/jobs", json=body, headers=auth)
+        assert r.status_code == status, (body, r.text)
+        assert text in r.text, r.text
+    r = client.post("/v1/jobs", content=b"{oops", headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 422 and "problems" in r.json()
+    r = client.post("/v1/jobs", json={"dataset": "flowers"}, headers=auth)
+    assert len(r.json()["problems"]) >= 1
+    assert list(layout.runs.iterdir()) == []  # nothing half-created
+
+
+def _finished_job(layout, job_id="flowers-20260101-000000-abcdef"):
+    run = layout.run(job_id)
+    write_json_atomic(run.spec, {**SPEC})
+    write_json_atomic(run.status, {"state": "succeeded", "step": 5, "loss": 0.5})
+    for step, acc in ((2, 0.5), (4, 0.9), (5, 0.8)):
+        write_json_atomic(run.eval_result(step), {
+            "job_id": job_id, "step": step, "accuracy": acc, "recall_at_5": 1.0, "loss": 1 - acc,
+            "num_images": 10, "class_names": ["a", "b"], "confusion_matrix": [[5, 0], [1, 4]],
+            "exported_version": 1 if step == 4 else None, "blessed": step == 4})
+    return job_id
+
+
+def test_job_history_survives_redis_loss(client, auth, layout, redis_url):
+    job_id = _finished_job(layout)
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+    assert job["state"] == "succeeded" and job["step"] == 5
+    assert [e["step"] for e in job["evaluations"]] == [2, 4, 5]
+    assert job["best"] == {"step": 4, "accuracy": 0.9}
+    assert job["best_eval"]["confusion_matrix"] == [[5, 0], [1, 4]]
+    assert job["exported_versions"] == [1]
+    assert [j["job_id"] for j in client.get("/v1/jobs", headers=auth).json()["jobs"]] == [job_id]
+    # Live Redis fields win over the volume's mirror.
+    JobState(connect(redis_url)).update(job_id, loss=0.25)
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth).json()["loss"] == 0.25
+
+
+def test_events_stream_then_end(client, auth, layout, dataset, redis_url):
+    job_id = client.post("/v1/jobs", json=SPEC, headers=auth).json()["job_id"]
+    state = JobState(connect(redis_url))
+    state.set_state(job_id, "running")
+    state.emit(job_id, "progress", {"step": 3, "loss": 0.7, "lr": 0.01, "images_per_sec": 9.0, "eta_s": 1})
+    state.set_state(job_id, "succeeded")
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        text = "".join(r.iter_text())
+    kinds = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("event: ")]
+    assert kinds == ["state", "state", "progress", "state"]
+    assert '"step": 3' in text
+    last_id = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("id: ")][1]
+    with client.stream("GET", f"/v1/jobs/{job_id}/events",
+                       headers={**auth, "Last-Event-ID": last_id}) as r:
+        resumed = "".join(r.iter_text())
+    assert [ln for ln in resumed.splitlines() if ln.startswith("event: ")] == ["event: progress", "event: state"]
+
+
+def test_cancel(client, auth, layout, dataset, redis_url):
+    job_id = client.post("/v1/jobs", json=SPEC, headers=auth).json()["job_id"]
+    r = client.delete(f"/v1/jobs/{job_id}", headers=auth)
+    assert r.status_code == 202 and r.json()["state"] == "cancelled"  # it never started
+    conn = connect(redis_url)
+    assert Job.fetch(train_request_id(job_id), connection=conn).get_status().value == "canceled"
+    assert JobState(conn).cancel_requested(job_id)
+    assert client.delete(f"/v1/jobs/{job_id}", headers=auth).status_code == 409
+    assert client.delete("/v1/jobs/nosuch-job", headers=auth).status_code == 404
+    # A running job is asked to stop (the trainer checkpoints, then says cancelled).
+    running = client.post("/v1/jobs", json=SPEC, headers=auth).json()["job_id"]
+    Job.fetch(train_request_id(running), connection=conn).set_status("started")
+    JobState(conn).set_state(running, "running")
+    r = client.delete(f"/v1/jobs/{running}", headers=auth)
+    assert r.status_code == 202 and r.json()["state"] == "cancelling"
+    assert JobState(conn).cancel_requested(running)
+
+
+def test_unknown_jobs(client, auth):
+    for path in ("/v1/jobs/nosuch", "/v1/jobs/..", "/v1/jobs/nosuch/events"):
+        assert client.get(path, headers=auth).status_code == 404, path
+
+
+def _zip_of_class_folders(tmp_path: Path) -> bytes:
+    from incept.data.synthetic import write_class_folders
+
+    src = tmp_path / "src" / "photos"
+    write_class_folders(src, num_classes=2, per_class=6, size=(32, 32))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in sorted(src.rglob("*")):
+            zf.write(p, p.relative_to(src.parent).as_posix())
+    return buf.getvalue()
+
+
+def test_dataset_upload_is_converted_by_a_queued_job(client, auth, layout, redis_url, tmp_path):
+    archive = _zip_of_class_folders(tmp_path)
+    r = client.post("/v1/datasets?name=shapes", content=archive,
+                    headers={**auth, "Content-Type": "application/zip"})
+    assert r.status_code == 202, r.text
+    assert r.json()["files"] == 12 and r.json()["state"] == "converting"
+    assert client.get("/v1/datasets/shapes", headers=auth).json()["state"] == "converting"
+    job = Job.fetch(conversion_request_id("shapes"), connection=connect(redis_url))
+    name, source = job.args
+    assert name == "shapes" and Path(source).parent.parent == layout.uploads
+    assert sorted(p.name for p in Path(source).iterdir()) == ["daisy", "dandelion"]
+    # The client's file name is never used: only random names under uploads/.
+    assert not list(layout.uploads.glob("*.archive"))
+    # A real rq worker converts it.
+    env = {**os.environ, "INCEPT_DATA_ROOT": str(layout.root), "INCEPT_REDIS_URL": redis_url}
+    subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", redis_url, "datasets"],
+                   env=env, check=True, capture_output=True, timeout=300, cwd=Path(__file__).parents[3])
+    d = client.get("/v1/datasets/shapes", headers=auth).json()
+    assert d["state"] == "ready", d
+    assert d["class_names"] == ["daisy", "dandelion"]
+    assert [x["name"] for x in client.get("/v1/datasets", headers=auth).json()["datasets"]] == ["shapes"]
+    r = client.post("/v1/datasets?name=shapes", content=archive,
+                    headers={**auth, "Content-Type": "application/zip"})
+    assert r.status_code == 409
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for info, data in members:
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _info(name, kind=tarfile.REGTYPE, size=0, link=""):
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.linkname = kind, size, link
+    return info
+
+
+def test_dataset_upload_bad_input(make_gateway, auth, layout):
+    import httpx
+
+    gw = make_gateway(max_upload_bytes=50_000, max_archive_files=5)
+    zip_slip = io.BytesIO()
+    with zipfile.ZipFile(zip_slip, "w") as zf:
+        zf.writestr("a/x.jpg", b"1")
+        zf.writestr("../../evil.txt", b"2")
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/zeros.jpg", b"\0" * 5_000_000)
+    many = io.BytesIO()
+    with zipfile.ZipFile(many, "w") as zf:
+        for i in range(6):
+            zf.writestr(f"a/{i}.jpg", b"1")
+    cases = [
+        ("zip", zip_slip.getvalue(), 400, "outside the archive"),
+        ("gzip", _tar([(_info("a/x.jpg", size=1), b"1"), (_info("a/l", tarfile.SYMTYPE, link="/etc/passwd"), None)]), 400, "link"),
+        ("gzip", _tar([(_info("a/x.jpg", size=1), b"1"), (_info("a/h", tarfile.LNKTYPE, link="a/x.jpg"), None)]), 400, "link"),
+        ("gzip", _tar([(_info("a/dev", tarfile.CHRTYPE), None)]), 400, "special file"),
+        ("gzip", _tar([(_info("/abs/x.jpg", size=1), b"1")]), 400, "absolute path"),
+        ("zip", bomb.getvalue(), 400, "compression ratio"),
+        ("zip", many.getvalue(), 400, "more than 5 files"),
+        ("zip", b"PK\x03\x04 not really a zip", 400, "not a zip or tar"),
+        ("zip", b"", 400, "empty"),
+        ("zip", b"x" * 60_000, 413, "larger than 50000"),
+    ]
+    with httpx.Client(base_url=gw.url, timeout=60) as c:
+        for kind, body, status, text in cases:
+            r = c.post("/v1/datasets?name=bad", content=body,
+                       headers={**auth, "Content-Type": f"application/{kind}"})
+            assert r.status_code == status, (text, r.text)
+            assert text in r.text, r.text
+        r = c.post("/v1/datasets?name=bad", content=b"x", headers={**auth, "Content-Type": "text/plain"})
+        assert r.status_code == 415
+        for name in ("../x", ".hidden", "a" * 65):
+            r = c.post("/v1/datasets", params={"name": name}, content=b"x",
+                       headers={**auth, "Content-Type": "application/zip"})
+            assert r.status_code in (400, 422), (name, r.text)
+        assert c.post("/v1/datasets", content=b"x", headers={**auth, "Content-Type": "application/zip"}).status_code == 422
+        assert c.get("/v1/datasets/nosuch", headers=auth).status_code == 404
+    # Nothing is left behind, nothing escaped.
+    assert list(layout.uploads.iterdir()) == []
+    assert not (layout.root.parent / "evil.txt").exists()
+    assert list(layout.datasets.iterdir()) == []
+
+
+def test_health(client, make_gateway, layout):
+    import httpx
+
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    r = client.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert r.json()["checks"]["redis"] == "ok"
+    gw = make_gateway(redis_url="redis://127.0.0.1:1/0")  # nothing listens there
+    with httpx.Client(base_url=gw.url, timeout=60) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.headers["retry-after"]
+        assert "unreachable" in r.json()["checks"]["redis"]
+        # Job history still comes from the volume.
+        _finished_job(layout)
+        jobs = c.get("/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert jobs.status_code == 200 and len(jobs.json()["jobs"]) == 1
+
+
+def test_page_and_metrics(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "<title>incept</title>" in r.text
+    assert client.get("/static/app.js").status_code == 200
+    m = client.get("/metrics")
+    assert m.status_code == 200 and "http_requests_total" in m.text
