@@ -48,7 +48,7 @@ class RunWriter:
         info = DatasetInfo.load(self.spec.dataset_dir(layout))
         self.class_names = list(info.class_names)
         class_names_path(self.run).write_text(json.dumps(self.class_names))
-        tf.keras.utils.set_random_seed(0)
+        tf.keras.utils.set_random_seed(self.spec.seed)
         self.model = build_model(self.spec, len(self.class_names))
         self.optimizer = tf.keras.optimizers.Adam(self.spec.learning_rate)
         self.step = tf.Variable(0, dtype=tf.int64)
