@@ -116,3 +116,27 @@ def test_train_flips_and_crops():
         if abs(left - right) > 1.0:
             sides.add(left > right)
     assert sides == {True, False}
+
+
+def test_decode_and_preprocess_works_inside_a_saved_model(tmp_path):
+    class Preprocessor(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+        def serve(self, images):
+            return {"pixels": decode_and_preprocess_batch_for_eval(images, (24, 32))}
+
+    module = Preprocessor()
+    tf.saved_model.save(module, str(tmp_path / "m"), signatures={"serving_default": module.serve})
+    loaded = tf.saved_model.load(str(tmp_path / "m")).signatures["serving_default"]
+
+    gray16 = Image.fromarray(np.full((30, 30), 32896, dtype=np.uint16))
+    images = [_encode(Image.new("RGB", (40, 30), (255, 0, 0)), "JPEG"),
+              _encode(gray16, "PNG"),
+              _encode(Image.new("RGBA", (10, 50), (0, 0, 255, 0)), "PNG")]
+    out = loaded(images=tf.constant(images))["pixels"].numpy()
+    assert out.shape == (3, 24, 32, 3)
+    np.testing.assert_allclose(out[0, ..., 0], 1.0, atol=0.02)
+    np.testing.assert_allclose(out[1], (128 / 255 - 0.5) * 2, atol=0.01)   # 16-bit scaled
+    np.testing.assert_allclose(out[2, ..., 2], 1.0, atol=1e-6)              # alpha dropped
+    expected = np.stack([decode_and_preprocess_for_eval(tf.constant(e), (24, 32)).numpy()
+                         for e in images])
+    np.testing.assert_array_equal(out, expected)
