@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
         report = convert(args.src_dir, args.out, args.validation_percent, args.seed, args.shards,
                          force=args.force)
     else:
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
         with Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(),
-                      TimeRemainingColumn(), transient=True) as bar:
+                      TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("convert", total=None)
 
             def progress(done: int, total: int) -> None:

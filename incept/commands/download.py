@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from incept.data.download import download
 
     if sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             DownloadColumn,
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
         with Progress(BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      transient=True) as bar:
+                      console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("download", total=None)
             result, target = download(
                 args.what, args.out, url=args.url, sha256=args.sha256,

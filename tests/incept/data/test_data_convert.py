@@ -214,3 +214,37 @@ def test_cli_convert_prints_counts(tmp_path, capsys):
     cli_main(["convert", str(tmp_path / "src"), "--out", str(tmp_path / "ds"),
               "--validation-percent", "20", "--seed", "1", "--shards", "2"])
     assert "up to date" in capsys.readouterr().out
+
+
+def test_cli_shows_a_progress_bar_on_a_terminal(tmp_path):
+    import pty
+    import subprocess
+    import sys
+    import threading
+
+    write_class_folders(tmp_path / "src", num_classes=2, per_class=5, size=(16, 16))
+    primary, secondary = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain():  # read the terminal while the command runs, so it never blocks on it
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    proc = subprocess.run(
+        [sys.executable, "-m", "incept.cli", "convert", str(tmp_path / "src"),
+         "--out", str(tmp_path / "ds")],
+        stdout=subprocess.PIPE, stderr=secondary, timeout=300, check=False)
+    os.close(secondary)
+    reader.join(timeout=10)
+    os.close(primary)
+    assert proc.returncode == 0
+    assert b"wrote 10 images" in proc.stdout
+    assert b"converting" in b"".join(chunks)  # the bar, drawn on the terminal only
