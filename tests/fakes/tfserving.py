@@ -187,7 +187,7 @@ def _rest_handler(models: ServedModels):
 class FakeTFServing:
     """Serve every model under ``model_root`` on a gRPC and a REST port (0 = free)."""
 
-    def __init__(self, model_root: Path, host: str = "127.0.0.1"):
+    def __init__(self, model_root: Path, host: str = "127.0.0.1", grpc_port: int = 0):
         self.models = ServedModels(model_root)
         self.host = host
         self.grpc_server = grpc.server(futures.ThreadPoolExecutor(8))
@@ -195,7 +195,7 @@ class FakeTFServing:
             _PredictionService(self.models), self.grpc_server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(self.models),
                                                                   self.grpc_server)
-        self.grpc_port = self.grpc_server.add_insecure_port(f"{host}:0")
+        self.grpc_port = self.grpc_server.add_insecure_port(f"{host}:{grpc_port}")
         self.rest_server = ThreadingHTTPServer((host, 0), _rest_handler(self.models))
         self.rest_server.daemon_threads = True
         self.rest_port = self.rest_server.server_address[1]

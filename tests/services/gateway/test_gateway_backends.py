@@ -1,0 +1,99 @@
+"""The TF Serving backends (gRPC and REST) against the TF Serving test double
+running the real exported SavedModel; the same image gets the same answer
+through gRPC, REST and the in-process backend."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.fakes.tfserving import FakeTFServing
+
+
+@pytest.fixture
+def tfserving(exported_models):
+    server = FakeTFServing(exported_models).start()
+    yield server
+    server.stop()
+
+
+def _predict(url: str, images: list[bytes], model: str = "flowers") -> httpx.Response:
+    with httpx.Client(base_url=url, timeout=60) as c:
+        return c.post(f"/v1/models/{model}:predict",
+                      json={"instances": [{"b64": base64.b64encode(i).decode()} for i in images]})
+
+
+def test_same_answer_through_grpc_rest_and_inprocess(make_gateway, tfserving, images):
+    answers = {}
+    for backend, extra in (("inprocess", {}), ("grpc", {"tfserving_grpc": tfserving.grpc_target}),
+                           ("rest", {"tfserving_rest": tfserving.rest_url})):
+        gw = make_gateway(predict_backend=backend, **extra)
+        r = _predict(gw.url, images)
+        assert r.status_code == 200, (backend, r.text)
+        answers[backend] = r.json()
+        with httpx.Client(base_url=gw.url, timeout=60) as c:
+            status = c.get("/v1/models/flowers").json()
+            assert status["backend"] == backend
+            assert {"version": 1, "state": "AVAILABLE", "error": ""} in status["versions"]
+            assert c.get("/readyz").status_code == 200
+            r = c.post("/v1/models/nosuch:predict", json={"instances": [{"b64": base64.b64encode(images[0]).decode()}]})
+            assert r.status_code == 404, (backend, r.text)
+            assert c.get("/v1/models/nosuch").status_code == 404
+            assert _predict(gw.url, images[:1], "strict").json()["predictions"][0]["unknown"] is True
+    reference = answers["inprocess"]
+    for backend in ("grpc", "rest"):
+        got = answers[backend]
+        assert got["version"] == reference["version"] == 1
+        for a, b in zip(reference["predictions"], got["predictions"], strict=True):
+            assert [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]], backend
+            np.testing.assert_allclose([t["score"] for t in a["top"]], [t["score"] for t in b["top"]],
+                                       rtol=1e-5, atol=1e-7)
+            assert a["unknown"] == b["unknown"]
+            assert a["ood_score"] == pytest.approx(b["ood_score"], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["grpc", "rest"])
+def test_backend_down_gives_503_with_retry_after(make_gateway, backend, images):
+    from incept.redis_server import free_port
+
+    port = free_port()  # nothing listens there
+    gw = make_gateway(predict_backend=backend, backend_timeout_s=2.0,
+                      tfserving_grpc=f"127.0.0.1:{port}", tfserving_rest=f"http://127.0.0.1:{port}")
+    r = _predict(gw.url, images[:1])
+    assert r.status_code == 503, r.text
+    assert int(r.headers["retry-after"]) > 0
+    assert "did not answer" in r.json()["detail"]
+    with httpx.Client(base_url=gw.url, timeout=60) as c:
+        assert c.get("/readyz").status_code == 503
+        assert c.get("/v1/models/flowers").status_code == 503
+        metrics = c.get("/metrics").text
+    assert f'incept_backend_errors_total{{backend="{backend}"' in metrics
+
+
+def test_grpc_backend_survives_a_tfserving_restart(make_gateway, exported_models, images):
+    first = FakeTFServing(exported_models).start()
+    port = first.grpc_port
+    gw = make_gateway(predict_backend="grpc", tfserving_grpc=first.grpc_target)
+    assert _predict(gw.url, images[:1]).status_code == 200
+    first.stop()
+    assert _predict(gw.url, images[:1]).status_code == 503
+    second = FakeTFServing(exported_models, grpc_port=port)
+    second.start()
+    try:
+        # The shared channel reconnects; a client that honours Retry-After gets its answer.
+        deadline = time.monotonic() + 30
+        while (r := _predict(gw.url, images[:1])).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert r.status_code == 200, r.text
+    finally:
+        second.stop()
+
+
+def test_bad_image_through_grpc_is_400(make_gateway, tfserving, images):
+    gw = make_gateway(predict_backend="grpc", tfserving_grpc=tfserving.grpc_target)
+    r = _predict(gw.url, [images[0][:100]])
+    assert r.status_code == 400 and "cannot be decoded" in r.text
