@@ -204,3 +204,21 @@ def download(name: str, out_dir: str | Path, *, url: str | None = None, sha256: 
     result = fetch(url or art.url, out_dir / art.filename, sha256 or art.sha256, progress=progress)
     target = extract(result.path, out_dir / art.extract_dir, result.sha256) if do_extract else None
     return result, target
+
+
+def download_flowers(out_dir: str | Path, **kw) -> Path:
+    """The flower_photos class folders (``out_dir/flower_photos``), downloaded if needed."""
+    _, target = download("flowers", out_dir, **kw)
+    assert target is not None
+    return target
+
+
+def download_inception_v4(out_dir: str | Path, **kw) -> Path:
+    """The official Inception v4 checkpoint prefix (``out_dir/inception_v4/inception_v4.ckpt``)."""
+    _, target = download("inception_v4", out_dir, **kw)
+    assert target is not None
+    prefix = target / "inception_v4.ckpt"
+    if not prefix.exists():
+        raise UserError(f"the archive did not contain inception_v4.ckpt (found: "
+                        f"{', '.join(sorted(p.name for p in target.iterdir()))})")
+    return prefix

@@ -16,7 +16,7 @@ import pytest
 
 from incept.cli import main as cli_main
 from incept.data.convert import convert
-from incept.data.download import extract, fetch
+from incept.data.download import download_inception_v4, extract, fetch
 from incept.data.synthetic import write_class_folders
 from incept.errors import UserError
 
@@ -209,3 +209,9 @@ def test_cli_checkpoint_without_digest_says_it_is_unverified(tmp_path, server, c
     out = capsys.readouterr().out
     assert "NOT verified" in out
     assert (tmp_path / "inception_v4" / "inception_v4.ckpt").read_bytes() == b"\0" * 1000
+
+    assert download_inception_v4(tmp_path, url=server.url("ckpt.tgz")) == \
+        tmp_path / "inception_v4" / "inception_v4.ckpt"
+    server.files["empty.tgz"] = _tgz({"README": b"no checkpoint here"})
+    with pytest.raises(UserError, match="did not contain"):
+        download_inception_v4(tmp_path / "other", url=server.url("empty.tgz"))
