@@ -14,6 +14,7 @@ the head-only path to train on cached features and produce the same model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from incept.checkpoints import (
@@ -72,6 +74,17 @@ def is_head_only(spec: JobSpec) -> bool:
     heads = net_info(spec.model_name).head_scopes
     return bool(spec.trainable_scopes) and all(
         any(s.rstrip("/") == h or s.startswith(h + "/") for h in heads) for s in spec.trainable_scopes)
+
+
+def weights_digest(variables) -> str:
+    """A digest of the trained variables: equal on all workers of a synchronous
+    job. (Batch-norm moving statistics are per worker, as in Keras: the chief's
+    are saved.)"""
+    h = hashlib.sha256()
+    for var in variables:
+        h.update(var.path.encode())
+        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(var.value)).tobytes())
+    return h.hexdigest()
 
 
 def resolve_checkpoint(layout: Layout, value: str | None) -> Path | None:
@@ -347,5 +360,7 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
         reporter.state("queued", step=step, preempted_at=step)
     else:
         reporter.state(state, step=step, last_checkpoint_step=step)
-    log.info(json.dumps({"event": "done", "job_id": job_id, "state": state, "step": step}))
+    log.info(json.dumps({"event": "done", "job_id": job_id, "state": state, "step": step,
+                         "worker": distribute.worker_index(strategy),
+                         "weights_sha256": weights_digest(var_list)}))
     return result
