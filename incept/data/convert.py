@@ -61,6 +61,16 @@ class ConvertReport:
     def written(self) -> int:
         return sum(self.counts.values())
 
+    def to_dict(self) -> dict:
+        """JSON-ready (for job results and API answers)."""
+        return {"out_dir": str(self.out_dir), "class_names": self.class_names,
+                "counts": self.counts, "per_class": self.per_class, "written": self.written,
+                "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+                "converted": [{"file": f, "conversion": c} for f, c in self.converted],
+                "stray_files": self.stray_files, "empty_classes": self.empty_classes,
+                "fingerprint": self.fingerprint, "unchanged": self.unchanged,
+                "shards": self.shards, "summary": self.summary()}
+
     def skipped_reasons(self) -> Counter:
         return Counter(_reason_kind(reason) for _, reason in self.skipped)
 

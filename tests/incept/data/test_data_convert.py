@@ -164,6 +164,8 @@ def test_bad_and_odd_files_are_reported_or_converted(tmp_path):
         "dandelion/gray.jpg", "dandelion/cmyk.jpg", "dandelion/gray16.png", "dandelion/alpha.png",
         "dandelion/palette.gif"}
     summary = report.summary()
+    as_json = json.loads(json.dumps(report.to_dict()))
+    assert as_json["written"] == 13 and len(as_json["skipped"]) == 5
     assert "skipped 5" in summary and "LICENSE.txt" in summary and "empty_class" in summary
 
     pixels = {e["filename"].decode(): tf.io.decode_image(e["image"]).numpy()
