@@ -199,6 +199,10 @@ def convert(src_dir: str | Path, out_dir: str | Path, validation_percent: float 
         raise UserError(f"--shards must be at least 1, got {shards}")
     out_dir = Path(out_dir)
     source = scan_source(src_dir)
+    src_real, out_real = source.root.resolve(), out_dir.resolve()
+    if out_real == src_real or src_real in out_real.parents or out_real in src_real.parents:
+        raise UserError(f"--out {out_dir} must lie outside the source folder {src_dir} "
+                        "(and not contain it)")
     options = _options(validation_percent, seed, shards)
     existing = _existing_info(out_dir)
     if (not force and existing and existing.get("options") == options

@@ -190,6 +190,10 @@ def test_too_few_classes_is_a_user_error_without_trace(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "need at least 2" in err and "Traceback" not in err
     assert cli_main(["convert", str(tmp_path / "missing"), "--out", str(tmp_path / "ds")]) == 2
+    write_class_folders(tmp_path / "two", num_classes=2, per_class=2, size=(16, 16))
+    for out in (tmp_path / "two" / "ds", tmp_path / "two", tmp_path):
+        with pytest.raises(UserError, match="outside the source"):
+            convert(tmp_path / "two", out)
     assert not (tmp_path / "ds").exists()
 
 
