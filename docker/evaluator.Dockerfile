@@ -23,6 +23,8 @@ RUN groupadd --gid 10001 incept \
  && mkdir /data && chown 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
 COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/incept-healthcheck
+# The TF Serving model-config writer (compose service, Kubernetes sidecar) runs from this image.
+COPY --chmod=0755 docker/tfserving_models.py /usr/local/bin/incept-tfserving-config
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -16,7 +16,7 @@ from deploy_support import COMPOSE_SCHEMA, REPO
 from incept.settings import Settings
 
 RESET = object()
-INCEPT_SERVICES = ("trainer", "evaluator", "gateway", "volume-init")
+INCEPT_SERVICES = ("trainer", "evaluator", "gateway", "volume-init", "tfserving-config")
 INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
 
 
@@ -198,12 +198,17 @@ def test_all_services_share_one_volume_at_one_path(compose):
                 mounts[name] = target
     assert set(mounts) >= {*INCEPT_SERVICES, "tfserving", "tensorboard"}
     assert set(mounts.values()) == {"/data"}
-    # TF Serving reads the models the evaluator writes there.
-    models_config = (REPO / "docker/tfserving/models.config").read_text()
-    assert re.findall(r'base_path: "([^"]+)"', models_config) == ["/data/models/inception_v4"]
+    # TF Serving reads the model config that tfserving-config writes on the volume
+    # (its default path under INCEPT_DATA_ROOT), and the batching config it is given.
+    tfserving = compose["services"]["tfserving"]
+    assert "--model_config_file=/data/serving/models.config" in tfserving["command"]
+    assert compose["services"]["tfserving-config"]["command"] == ["incept-tfserving-config", "watch"]
+    batching = [c["target"] for c in tfserving["configs"]]
+    assert [f"--batching_parameters_file={t}" for t in batching] == [
+        a for a in tfserving["command"] if a.startswith("--batching_parameters_file=")]
 
 
-def test_tfserving_configs_are_the_same_for_compose_and_kubernetes():
-    for name in ("models.config", "batching.config"):
-        docker = Path(REPO / "docker/tfserving" / name).read_text()
-        assert docker == Path(REPO / "k8s/base/tfserving" / name).read_text(), name
+def test_tfserving_batching_config_is_the_same_for_compose_and_kubernetes():
+    docker = Path(REPO / "docker/tfserving/batching.config").read_text()
+    assert docker == Path(REPO / "k8s/base/tfserving/batching.config").read_text()
+    assert "max_batch_size { value: 32 }" in docker

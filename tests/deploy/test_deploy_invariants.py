@@ -182,10 +182,14 @@ def test_tfserving_is_the_stock_image_of_the_locked_tensorflow(rendered, compose
     assert compose["services"]["tfserving"]["image"] == expected
     for overlay in OVERLAYS:
         pod = objects(rendered, overlay, "Deployment")["tfserving"]["spec"]["template"]["spec"]
-        images = {c["image"] for c in pod["containers"] + pod.get("initContainers", [])}
-        assert images == {expected}
-        probe = pod["containers"][0]["readinessProbe"]["httpGet"]
-        assert probe["path"] == "/v1/models/inception_v4"  # ready = the model has a version
+        containers = {c["name"]: c for c in pod["containers"]}
+        assert containers["tfserving"]["image"] == expected
+        assert "--model_config_file=/data/serving/models.config" in containers["tfserving"]["args"]
+        # Ready = every configured model has an AVAILABLE version (the sidecar asks TF Serving).
+        sidecar = containers["models-config"]
+        assert sidecar["readinessProbe"]["exec"]["command"] == [
+            "incept-tfserving-config", "ready", "--rest", "http://127.0.0.1:8501"]
+        assert {c["command"][-1] for c in pod["initContainers"]} == {"write"}
     constraints = (REPO / "docker/cuda-constraints.txt").read_text()
     assert f"tensorflow=={tf}\n" in constraints
     assert f'"tensorflow[and-cuda]=={tf}"' in (REPO / "docker/trainer.Dockerfile").read_text()
