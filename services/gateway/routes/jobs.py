@@ -92,10 +92,16 @@ def list_jobs(layout: LayoutDep, state: JobStateDep):
 
 
 @router.get("/{job_id}", response_model=JobDetail, responses={404: {"model": ErrorBody}})
-def get_job(job_id: str, layout: LayoutDep, state: JobStateDep):
+def get_job(job_id: str, layout: LayoutDep, state: JobStateDep, request: Request):
     job = _get_job(layout, state, job_id, full=True)
-    if isinstance(job.get("launcher"), str):
-        job["launcher"] = None
+    launched = job.get("launcher") if isinstance(job.get("launcher"), dict) else {}
+    launcher = request.app.state.launcher
+    if launcher is not None and job["state"] not in TERMINAL_STATES:
+        try:  # what the cluster (or rq) says right now
+            launched = {**launched, **(launcher.status(job_id) or {})}
+        except ApiError as e:
+            launched = {**launched, "error": e.message}
+    job["launcher"] = launched or None
     return job
 
 
