@@ -1,0 +1,108 @@
+"""The web page in a real headless Chromium (Debian's, driven by Playwright):
+classify a photo (picked and dropped), see the bars and the unknown verdict,
+follow a job live, see its accuracy chart and confusion matrix."""
+
+from __future__ import annotations
+
+import base64
+import time
+from pathlib import Path
+
+import pytest
+
+from incept.fsutil import write_json_atomic
+from incept.jobstate import JobState
+from incept.queues import connect
+from tests.services.gateway.conftest import CLASSES, TOKEN
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[3] / "artifacts"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is missing: run 'make browser' (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def _running_job(layout, redis_url) -> str:
+    job_id = "flowers-20260101-000000-abcdef"
+    run = layout.run(job_id)
+    write_json_atomic(run.spec, {"dataset": "flowers", "model_name": "tiny", "max_steps": 20})
+    for step, acc in ((5, 0.4), (10, 0.85), (15, 0.7)):
+        write_json_atomic(run.eval_result(step), {
+            "job_id": job_id, "step": step, "accuracy": acc, "recall_at_5": 1.0, "loss": 1 - acc,
+            "class_names": CLASSES, "confusion_matrix": [[4, 1, 0], [0, 5, 0], [1, 0, 4]]})
+    state = JobState(connect(redis_url))
+    state.create(job_id, max_steps=20)
+    state.set_state(job_id, "running", step=15)
+    return job_id
+
+
+def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redis_url):
+    job_id = _running_job(layout, redis_url)
+    page = browser.new_page(viewport={"width": 1100, "height": 1100})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(gateway.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+
+    # Pick a photo: preview, one bar per class, a verdict naming a class.
+    page.select_option("#model", "flowers")
+    page.set_input_files("#file", files=[{"name": "photo.jpg", "mimeType": "image/jpeg",
+                                          "buffer": images[0]}])
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.locator("#bars .bar").count() == len(CLASSES)
+    verdict = page.inner_text("#verdict")
+    assert any(verdict.startswith(c) for c in CLASSES), verdict
+    assert "version 1" in page.inner_text("#answered-by")
+    assert page.evaluate("document.querySelector('#preview').naturalWidth") > 0
+
+    # Drop a photo on the strict model: the clear "not one of the known classes".
+    page.select_option("#model", "strict")
+    page.evaluate("""async (b64) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "cat.jpg", {type: "image/jpeg"}));
+        document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+    }""", base64.b64encode(images[1]).decode())
+    page.wait_for_function("document.querySelector('#verdict').textContent.includes('Not one of the known classes')")
+    assert "unknown" in page.get_attribute("#verdict", "class")
+
+    # A file that is not a photo gets a clear message, not a crash.
+    page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi"}])
+    page.wait_for_selector("#predict-error:not([hidden])")
+    assert "not a JPEG or PNG" in page.inner_text("#predict-error")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "gateway-page-predict.png"), full_page=True)
+
+    # Jobs: token, list, open, chart, confusion matrix, live progress.
+    page.fill("#token", TOKEN)
+    page.dispatch_event("#token", "change")
+    page.click("#tab-jobs")
+    page.wait_for_selector(f"#jobs tbody tr[data-job-id='{job_id}']")
+    assert "85.0% (step 10)" in page.inner_text(f"#jobs tbody tr[data-job-id='{job_id}']")
+    page.click(f"#jobs tbody tr[data-job-id='{job_id}']")
+    page.wait_for_selector("#job:not([hidden])")
+    assert page.locator("#accuracy-chart circle").count() == 3
+    assert page.locator("#accuracy-chart circle.best").count() == 1
+    assert page.locator("#confusion tr").count() == 1 + len(CLASSES)
+    assert "(10)" in page.inner_text("#confusion-title")
+
+    time.sleep(0.5)  # let the event stream connect, then the trainer reports progress
+    JobState(connect(redis_url)).emit(job_id, "progress", {"step": 17, "loss": 0.123,
+                                                           "images_per_sec": 42.0, "eta_s": 9})
+    page.wait_for_function("document.querySelector('#job-progress').textContent.includes('step 17 of 20')")
+    assert "42.0 images/s" in page.inner_text("#job-progress")
+    width = page.evaluate("document.querySelector('#job-progress-bar').style.width")
+    assert width == "85%"
+    page.screenshot(path=str(ARTIFACTS / "gateway-page-jobs.png"), full_page=True)
+    assert errors == []
