@@ -181,6 +181,7 @@ def test_addresses_and_ports_point_at_real_services(compose):
     assert grpc_host in services and f"--port={grpc_port}" in services[grpc_host]["command"]
     assert gateway_env["INCEPT_TFSERVING_REST"] == "http://tfserving:8501"
     assert "--rest_api_port=8501" in services["tfserving"]["command"]
+    assert services["tfserving"]["entrypoint"] == ["tensorflow_model_server"]
     assert services["gateway"]["ports"] == ["${GATEWAY_PORT:-8000}:8000"]
     assert gateway_env["INCEPT_PORT"] == "8000"
     assert services["tensorboard"]["ports"] == ["127.0.0.1:6006:6006"]
