@@ -49,13 +49,21 @@ def eval_dataset(dataset_dir: Path, split: str, image_size: int, batch_size: int
             .prefetch(tf.data.AUTOTUNE))
 
 
-def run_split(model: keras.Model, dataset_dir: Path, split: str, *, image_size: int,
-              batch_size: int = 32) -> SplitOutputs:
-    @tf.function(reduce_retracing=True)
+def forward_fn(model: keras.Model, image_size: int):
+    """The model's inference pass as one traced function for any batch size."""
+    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
+
+    @tf.function(input_signature=[spec])
     def forward(pixels):
         out = model(pixels, training=False)
         return out["logits"], out["pre_logits"]
 
+    return forward
+
+
+def run_split(model: keras.Model, dataset_dir: Path, split: str, *, image_size: int,
+              batch_size: int = 32, forward=None) -> SplitOutputs:
+    forward = forward or forward_fn(model, image_size)
     logits, pre_logits, labels, filenames = [], [], [], []
     for pixels, label, filename in eval_dataset(dataset_dir, split, image_size, batch_size):
         lg, pl = forward(pixels)

@@ -163,7 +163,7 @@ def compare(known_scores: np.ndarray, unknown_scores: np.ndarray, score_name: st
 
 def fit_open_set(model, dataset_dir, *, image_size: int, num_classes: int,
                  validation=None, score_name: str = DEFAULT_SCORE, tpr: float = DEFAULT_TPR,
-                 batch_size: int = 32) -> tuple[OpenSetScore, dict]:
+                 batch_size: int = 32, forward=None) -> tuple[OpenSetScore, dict]:
     """An ``OpenSetScore`` for ``model``: fitted on the training split's features
     (Mahalanobis only) and calibrated on the validation split to keep ``tpr`` of
     in-distribution images. ``validation`` may pass already computed
@@ -172,11 +172,12 @@ def fit_open_set(model, dataset_dir, *, image_size: int, num_classes: int,
 
     if validation is None:
         validation = run_split(model, dataset_dir, "validation", image_size=image_size,
-                               batch_size=batch_size)
+                               batch_size=batch_size, forward=forward)
     layer = OpenSetScore(score_name, num_classes, validation.pre_logits.shape[1])
     fitted_on = 0
     if score_name == "mahalanobis":
-        train = run_split(model, dataset_dir, "train", image_size=image_size, batch_size=batch_size)
+        train = run_split(model, dataset_dir, "train", image_size=image_size, batch_size=batch_size,
+                          forward=forward)
         layer.fit_features(train.pre_logits, train.labels)
         fitted_on = len(train)
     scores = layer(validation.logits, validation.pre_logits).numpy()

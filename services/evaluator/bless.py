@@ -82,7 +82,8 @@ def decide(accuracy: float, best: dict | None, threshold: float | None) -> tuple
 
 
 def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *, validation,
-                     dataset_dir: Path, keep_versions: int | None, batch_size: int) -> Blessing:
+                     dataset_dir: Path, keep_versions: int | None, batch_size: int,
+                     forward=None) -> Blessing:
     from incept.evaluation.open_set import fit_open_set
 
     spec = restored.spec
@@ -100,7 +101,8 @@ def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *, 
     started = time.perf_counter()
     ood, calibration = fit_open_set(
         restored.model, dataset_dir, image_size=result["image_size"],
-        num_classes=len(restored.class_names), validation=validation, batch_size=batch_size)
+        num_classes=len(restored.class_names), validation=validation, batch_size=batch_size,
+        forward=forward)
     manifest = {
         "model_name": model_name, "job_id": run.job_id, "step": result["step"],
         "net": spec.model_name, "dataset": spec.dataset,

@@ -47,6 +47,23 @@ def read_result(run: RunLayout, step: int) -> dict | None:
         return None
 
 
+def read_error(run: RunLayout, step: int) -> dict | None:
+    try:
+        return json.loads(error_record_path(run, step).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _unchanged_since(run: RunLayout, step: int, when: float) -> bool:
+    """No file of checkpoint ``step`` was written after ``when`` (a rewritten
+    checkpoint deserves a new try)."""
+    from incept.checkpoints import checkpoint_prefix
+
+    prefix = checkpoint_prefix(run, step)
+    files = list(prefix.parent.glob(prefix.name + ".*"))
+    return all(f.stat().st_mtime <= when for f in files)
+
+
 def evaluated_steps(run: RunLayout) -> set[int]:
     if not run.eval_dir.is_dir():
         return set()
@@ -91,6 +108,9 @@ def evaluate_checkpoint(layout: Layout, conn: redis.Redis, job_id: str, step: in
         existing = read_result(run, step)  # finished while we waited for the lock
         if existing is not None:
             return Outcome("already_done", existing)
+        known_failure = read_error(run, step)
+        if known_failure is not None and _unchanged_since(run, step, known_failure["failed_at"]):
+            raise EvaluationFailed(f"job {job_id!r} step {step}: {known_failure['error']}")
         try:
             return _evaluate(layout, conn, run, step, keep_versions, batch_size)
         except UserError as e:
@@ -100,11 +120,9 @@ def evaluate_checkpoint(layout: Layout, conn: redis.Redis, job_id: str, step: in
 
 def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
               keep_versions: int | None, batch_size: int) -> Outcome:
-    import keras
-
     from incept.checkpoints import restore_for_inference
     from incept.data.dataset import DatasetInfo
-    from incept.evaluation.metrics import classification_metrics, run_split
+    from incept.evaluation.metrics import classification_metrics, forward_fn, run_split
 
     job_id = run.job_id
     started = time.perf_counter()
@@ -118,8 +136,9 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
     if info.count("validation") == 0:
         raise UserError(f"dataset {dataset_dir} has no validation images to evaluate on")
     image_size = spec.resolved_image_size()
+    forward = forward_fn(restored.model, image_size)
     validation = run_split(restored.model, dataset_dir, "validation", image_size=image_size,
-                           batch_size=batch_size)
+                           batch_size=batch_size, forward=forward)
     metrics = classification_metrics(validation.logits, validation.labels, restored.class_names)
     compute_s = time.perf_counter() - started
 
@@ -136,14 +155,13 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
         best = best_so_far(run)
         blessing = bless_and_export(
             layout, run, restored, result, validation=validation, dataset_dir=dataset_dir,
-            keep_versions=keep_versions, batch_size=batch_size)
+            keep_versions=keep_versions, batch_size=batch_size, forward=forward)
         result.update(blessing.fields())
         result["evaluated_at"] = time.time()
         result["compute_s"] = compute_s + blessing.compute_s
         _write_summaries(run, step, result)
         write_json_atomic(run.eval_result(step), result)
     _publish(conn, run, result, blessing, best)
-    keras.backend.clear_session()
     log.info("job %s step %d: accuracy %.4f recall@%d %.4f loss %.4f on %d images%s", job_id,
              step, result["accuracy"], result["top_k"], result["recall_at_5"], result["loss"],
              result["num_images"],

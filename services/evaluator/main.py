@@ -33,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
     conn = connect(settings.redis_url)
     # Warm up: the first request should not pay for importing TensorFlow.
     import incept.checkpoints  # noqa: F401
+    import incept.data.dataset  # noqa: F401
     import incept.evaluation.metrics  # noqa: F401
+    import incept.evaluation.open_set  # noqa: F401
+    import incept.export  # noqa: F401
+    import incept.training.reporting  # noqa: F401
     import services.evaluator.evaluate  # noqa: F401
 
     reconciler = None

@@ -122,3 +122,45 @@ def test_failed_export_leaves_nothing(tmp_path):
         # Wrong image size for the net: tracing the signature fails.
         export_model(broken, CLASSES, base, image_size=SIZE + 8)
     assert list(base.iterdir()) == []
+
+
+def test_export_command(tmp_path, capsys):
+    """`incept export --run RUN --out BASE` exports a checkpoint like the evaluator does."""
+    from incept.checkpoints import build_model, class_names_path, make_checkpoint, make_manager
+    from incept.cli import main
+    from incept.data.convert import convert
+    from incept.data.dataset import read_examples
+    from incept.data.synthetic import write_class_folders
+    from incept.layout import Layout
+    from incept.spec import parse_spec
+
+    layout = Layout(tmp_path / "data").ensure()
+    names = write_class_folders(tmp_path / "src", num_classes=3, per_class=8, size=(40, 32))
+    convert(tmp_path / "src", layout.dataset("flowers"), validation_percent=25)
+    run = layout.run("job9")
+    run.root.mkdir(parents=True)
+    spec = parse_spec({"dataset": "flowers", "model_name": "tiny", "image_size": SIZE,
+                       "max_steps": 10})
+    run.spec.write_text(spec.model_dump_json())
+    class_names_path(run).write_text(json.dumps(names))
+    model = build_model(spec, 3)
+    make_manager(make_checkpoint(model), run.checkpoints, keep=2).save(checkpoint_number=7)
+
+    base = tmp_path / "out" / "flowers"
+    assert main(["export", "--run", str(run.root), "--out", str(base)]) == 0
+    assert "step 7" in capsys.readouterr().out
+    manifest = read_manifest(base / "1")
+    assert (manifest["job_id"], manifest["step"]) == ("job9", 7)
+    assert manifest["ood_calibration"]["score_name"] == "mahalanobis"
+    images = [e["image"].numpy() for e in read_examples(layout.dataset("flowers"), "validation")]
+    out = tf.saved_model.load(str(base / "1")).signatures["serving_default"](images=tf.constant(images))
+    want = tf.nn.softmax(model(tf.stack([decode_and_preprocess_for_eval(b, SIZE) for b in images]),
+                               training=False)["logits"]).numpy()
+    np.testing.assert_allclose(out["probabilities"].numpy(), want, atol=1e-5)
+
+    # A taken version is a clear error, not a trace; a missing step too.
+    assert main(["export", "--run", str(run.root), "--out", str(base), "--version", "1"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", "--run", str(run.root), "--step", "3", "--out", str(base)]) == 2
+    assert "no complete checkpoint at step 3" in capsys.readouterr().err
+    assert list_versions(base) == [1]

@@ -1,0 +1,44 @@
+"""The reconciler's decisions, one pass at a time (real Redis, real rq jobs,
+real checkpoints)."""
+
+from __future__ import annotations
+
+import pytest
+from evaluator_helpers import RunWriter, make_dataset
+from rq.job import Job
+
+from incept.fsutil import write_json_atomic
+from incept.queues import enqueue_eval, eval_request_id
+from services.evaluator.evaluate import error_record_path
+from services.evaluator.locks import eval_lock_name
+from services.evaluator.reconciler import reconcile
+
+
+@pytest.fixture
+def writer(layout, tmp_path):
+    make_dataset(layout, tmp_path)
+    w = RunWriter(layout, "rec")
+    for step in (1, 2, 3, 4, 5):
+        w.save(step)
+    return w
+
+
+def test_one_pass(layout, redis_conn, writer):
+    run = writer.run
+    write_json_atomic(run.eval_result(1), {"step": 1, "accuracy": 0.5})       # done
+    write_json_atomic(error_record_path(run, 2), {"step": 2, "error": "bad"})  # failed for good
+    assert enqueue_eval(redis_conn, "rec", 3)                                  # pending
+    redis_conn.set(eval_lock_name("rec", 4), "someone")                        # in progress
+    # Step 5 was never requested; a stray partial checkpoint (no data) is not complete.
+    (run.checkpoints / "ckpt-6.index").write_bytes(b"partial")
+
+    assert reconcile(layout, redis_conn) == [("rec", 5)]
+    assert reconcile(layout, redis_conn) == []  # now pending
+
+    # A request that finished without a result (it found the checkpoint busy and
+    # that worker died) is replaced once the lock is gone.
+    redis_conn.delete(eval_lock_name("rec", 4))
+    job = Job.fetch(eval_request_id("rec", 3), connection=redis_conn)
+    job.set_status("finished")
+    assert sorted(reconcile(layout, redis_conn)) == [("rec", 3), ("rec", 4)]
+    assert Job.fetch(eval_request_id("rec", 3), connection=redis_conn).get_status() == "queued"
