@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     k8s_kubeconfig: Path | None = Field(
         None, description="A kubeconfig for the Kubernetes launcher (default: in-cluster, else ~/.kube/config).")
     trainer_image: str = "incept-trainer:0.1.0"
+    # Multi-node training from a Kubernetes Indexed Job (incept.training.distribute
+    # builds TF_CONFIG from these and JOB_COMPLETION_INDEX).
+    worker_hosts: str = Field("", description="Comma-separated host names of the Indexed Job's workers.")
+    worker_port: int = Field(12345, description="Port the multi-node workers talk on.")
 
     # Evaluator
     reconcile_interval_s: float = 30.0
