@@ -156,9 +156,19 @@ def test_trainer_template_honours_the_launcher_contract(templates, overlay):
         assert pod["spec"]["containers"][0]["image"] == Settings.model_fields["trainer_image"].default
 
 
-def test_multinode_template_resolves_through_the_headless_service(rendered, templates):
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion of env values."""
+    return re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], value)
+
+
+def test_multinode_template_gives_the_trainer_its_cluster(rendered, templates):
+    """Filled in by the launcher, run through Kubernetes' env expansion, read by the
+    trainer's own incept.training.distribute: one worker per completion, each a
+    stable name behind the headless Service."""
+    from incept.training.distribute import tf_config_from_indexed_job
+
     for overlay in OVERLAYS:
-        job = templates[overlay]["job-template-multinode.yaml"]
+        job = build_job(templates[overlay]["job-template-multinode.yaml"], "flowers-1")
         spec = job["spec"]
         assert spec["completionMode"] == "Indexed"
         assert spec["completions"] == spec["parallelism"] >= 2
@@ -168,11 +178,23 @@ def test_multinode_template_resolves_through_the_headless_service(rendered, temp
         assert service["spec"]["publishNotReadyAddresses"] is True
         labels = pod["metadata"]["labels"]
         assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
-        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
-        assert env["JOB_COMPLETIONS"]["value"] == str(spec["completions"])
-        assert env["JOB_SUBDOMAIN"]["value"] == pod["spec"]["subdomain"]
-        port = int(env["TF_WORKER_PORT"]["value"])
+        job_name = job["metadata"]["name"]
+        env = {"JOB_NAME": job_name}  # what the job-name label's fieldRef resolves to
+        container_env = pod["spec"]["containers"][0]["env"]
+        assert next(e for e in container_env if e["name"] == "JOB_NAME")["valueFrom"]["fieldRef"][
+            "fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']"
+        for e in container_env:
+            if "value" in e:
+                env[e["name"]] = expand(e["value"], env)
+        port = int(env["INCEPT_WORKER_PORT"])
         assert port in [p["port"] for p in service["spec"]["ports"]]
+        subdomain = pod["spec"]["subdomain"]
+        for index in range(spec["completions"]):
+            tf_config = tf_config_from_indexed_job({**env, "JOB_COMPLETION_INDEX": str(index)})
+            assert tf_config == {
+                "cluster": {"worker": [f"{job_name}-{i}.{subdomain}:{port}"
+                                       for i in range(spec["completions"])]},
+                "task": {"type": "worker", "index": index}}
 
 
 def test_tfserving_is_the_stock_image_of_the_locked_tensorflow(rendered, compose, lock):
