@@ -1,0 +1,56 @@
+"""``incept predict`` through the gateway, TF Serving gRPC and REST (the test double)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fakes.tfserving import FakeTFServing
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _incept(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "incept.cli", *args], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3",
+                               "INCEPT_DATA_ROOT": "/nonexistent"})
+
+
+@pytest.fixture
+def image_files(tmp_path, images):
+    paths = []
+    for i, data in enumerate(images[:2]):
+        p = tmp_path / f"photo{i}.jpg"
+        p.write_bytes(data)
+        paths.append(str(p))
+    return paths
+
+
+def test_predict_everywhere_agrees(gateway, exported_models, image_files):
+    server = FakeTFServing(exported_models).start()
+    try:
+        answers = []
+        for where in (["--url", gateway.url], ["--grpc", server.grpc_target], ["--rest", server.rest_url]):
+            r = _incept("predict", *image_files, *where, "--model", "flowers", "--json")
+            assert r.returncode == 0, r.stderr
+            answers.append(json.loads(r.stdout))
+    finally:
+        server.stop()
+    labels = [[[t["label"] for t in p["top"]] for p in a["predictions"]] for a in answers]
+    assert labels[0] == labels[1] == labels[2]
+    r = _incept("predict", image_files[0], "--url", gateway.url, "--model", "strict")
+    assert r.returncode == 0 and "not one of the known classes" in r.stdout
+
+
+def test_predict_errors_are_clear(gateway, image_files, tmp_path):
+    r = _incept("predict", str(tmp_path / "missing.jpg"), "--url", gateway.url)
+    assert r.returncode == 2 and "cannot read" in r.stderr and "Traceback" not in r.stderr
+    r = _incept("predict", image_files[0], "--url", gateway.url, "--model", "nosuch")
+    assert r.returncode == 2 and "unknown model" in r.stderr
+    r = _incept("predict", image_files[0], "--grpc", "127.0.0.1:1")
+    assert r.returncode == 2 and "--model" in r.stderr
