@@ -13,6 +13,7 @@ import yaml
 from deploy_support import OVERLAYS, REPO
 from kubernetes_validate.utils import latest_version
 
+from incept.settings import Settings
 from services.gateway.launchers.kubernetes import build_job
 
 VERSIONS = ("1.32.0", latest_version())
@@ -92,3 +93,5 @@ def test_tfjob_example_pod_templates_validate_and_the_crd_is_reported_unvalidata
         containers = replica["template"]["spec"]["containers"]
         assert [c["name"] for c in containers] == ["tensorflow"]
         assert containers[0]["command"] == ["incept"]
+        fields = {f"INCEPT_{name.upper()}" for name in Settings.model_fields}
+        assert {e["name"] for e in containers[0]["env"] if e["name"].startswith("INCEPT_")} <= fields
