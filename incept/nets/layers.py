@@ -16,14 +16,15 @@ def _conv_initializer():
 
 
 def conv2d_bn(x, filters: int, kernel_size, strides=1, padding: str = "same", *,
-              name: str, weight_decay: float = 0.0):
+              name: str, weight_decay: float = 0.0,
+              batch_norm_momentum: float = BATCH_NORM_MOMENTUM):
     """slim.conv2d with batch norm and ReLU: a bias-free convolution named ``name``
     followed by ``name.BatchNorm`` (no gamma, as slim's ``scale=False``)."""
     regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
     x = layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
                       kernel_initializer=_conv_initializer(), kernel_regularizer=regularizer,
                       name=name)(x)
-    x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, epsilon=BATCH_NORM_EPSILON,
+    x = layers.BatchNormalization(momentum=batch_norm_momentum, epsilon=BATCH_NORM_EPSILON,
                                   scale=False, name=f"{name}.BatchNorm")(x)
     return layers.Activation("relu", name=f"{name}.Relu")(x)
 
