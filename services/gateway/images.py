@@ -1,6 +1,6 @@
 """Prediction inputs, in memory only (never on disk): TF Serving's JSON body
 ``{"instances": [{"b64": ...}]}`` or a multipart upload of images, each
-checked to be a JPEG or PNG that decodes, within the size limits."""
+checked to be a JPEG or PNG with a readable header, within the size limits."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def check_image(data: bytes, what: str, settings: Settings) -> None:
     fmt = image_format(data)
     if fmt is None:
         raise UnsupportedMedia(f"{what} is not a JPEG or PNG image")
+    # Only the header is parsed here (size, pixel count: cheap); the pixels are
+    # decoded once, by the model, which reports a corrupt image as a 400.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -40,7 +42,6 @@ def check_image(data: bytes, what: str, settings: Settings) -> None:
                 if img.width * img.height > settings.max_image_pixels:
                     raise TooLarge(f"{what} has {img.width}x{img.height} pixels; the limit is "
                                    f"{settings.max_image_pixels}")
-                img.load()
     except (TooLarge, UnsupportedMedia):
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,

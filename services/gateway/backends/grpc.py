@@ -72,7 +72,7 @@ class GrpcBackend(PredictionBackend):
         if code == grpc.StatusCode.NOT_FOUND:
             return ModelNotFound(f"unknown model {model!r}: {e.details()}")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return BadImage(f"the model refused the input: {(e.details() or '')[:200]}")
+            return BadImage(f"an image cannot be decoded by the model: {(e.details() or '')[:200]}")
         return BackendUnavailable(f"TF Serving at {self.target} did not answer ({code.name})")
 
     async def predict(self, model: str, images: list[bytes],

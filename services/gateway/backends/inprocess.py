@@ -208,19 +208,36 @@ class InProcessBackend(PredictionBackend):
             try:
                 outputs = await loop.run_in_executor(self._run_pool, _run, loaded, images)
             except Exception as e:
-                err = _classify(e)
-                if self.metrics:
-                    self.metrics.backend_errors.labels(backend=self.name,
-                                                       kind=type(err).__name__).inc()
-                for req in batch:
-                    if not req.future.done():
-                        req.future.set_exception(err)
+                if len(batch) > 1 and isinstance(_classify(e), BadImage):
+                    # One request's image broke the batch: answer each request alone,
+                    # so only that request gets the error.
+                    for req in batch:
+                        await self._run_alone(loaded, req)
+                else:
+                    self._fail(batch, _classify(e))
                 continue
             offset = 0
             for req in batch:
                 if not req.future.done():
                     req.future.set_result((loaded.version, outputs, offset))
                 offset += len(req.images)
+
+    async def _run_alone(self, loaded: LoadedModel, req: _Request) -> None:
+        try:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._run_pool, _run, loaded, req.images)
+        except Exception as e:
+            self._fail([req], _classify(e))
+            return
+        if not req.future.done():
+            req.future.set_result((loaded.version, outputs, 0))
+
+    def _fail(self, batch: list[_Request], err: Exception) -> None:
+        if self.metrics:
+            self.metrics.backend_errors.labels(backend=self.name, kind=type(err).__name__).inc()
+        for req in batch:
+            if not req.future.done():
+                req.future.set_exception(err)
 
     async def model_status(self, model: str) -> ModelStatus:
         slot = self._slot(model)
@@ -246,5 +263,6 @@ def _classify(e: Exception) -> Exception:
     import tensorflow as tf
 
     if isinstance(e, tf.errors.InvalidArgumentError):
-        return BadImage(f"the model could not decode an image: {e.message.splitlines()[0][:200]}")
+        return BadImage("an image cannot be decoded by the model: "
+                        f"{e.message.splitlines()[0][:200]}")
     return BackendUnavailable(f"the model failed: {type(e).__name__}")

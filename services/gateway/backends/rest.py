@@ -58,7 +58,7 @@ class RestBackend(PredictionBackend):
             raise ModelNotFound(f"unknown model {model!r}: {error}")
         if response.status_code == 400:
             self._failed("INVALID_ARGUMENT")
-            raise BadImage(f"the model refused the input: {error}")
+            raise BadImage(f"an image cannot be decoded by the model: {error}")
         if response.status_code != 200 or not isinstance(body, dict):
             self._failed(f"HTTP_{response.status_code}")
             raise BackendUnavailable(f"TF Serving answered {response.status_code}: {error}")

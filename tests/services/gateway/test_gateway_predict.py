@@ -158,3 +158,23 @@ def test_protected_prediction(make_gateway, images):
             assert c.request(method, path, **kw).status_code == 401
             assert c.request(method, path, headers={"Authorization": "Bearer wrong"}, **kw).status_code == 401
             assert c.request(method, path, headers={"Authorization": f"Bearer {TOKEN}"}, **kw).status_code == 200
+
+
+def test_a_corrupt_image_fails_only_its_own_request(client, gateway, images):
+    import concurrent.futures
+
+    import httpx
+
+    truncated = images[0][: len(images[0]) * 2 // 3]  # header intact, pixel data cut
+    r = client.post("/v1/models/flowers:predict", json={"instances": [_b64(truncated)]})
+    assert r.status_code == 400 and "cannot be decoded" in r.text
+
+    def one(i):
+        img = truncated if i % 4 == 0 else images[i % len(images)]
+        with httpx.Client(base_url=gateway.url, timeout=60) as c:
+            return i, c.post("/v1/models/flowers:predict", json={"instances": [_b64(img)]}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        statuses = dict(pool.map(one, range(24)))
+    assert {i for i, s in statuses.items() if s == 400} == {i for i in range(24) if i % 4 == 0}
+    assert all(s == 200 for i, s in statuses.items() if i % 4)
