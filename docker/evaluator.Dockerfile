@@ -8,12 +8,13 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY requirements.lock pyproject.toml ./
+COPY requirements.lock pyproject.toml docker/runtime-extras.txt ./
 # Runtime dependencies only (no test tools), every version pinned by the lock.
 RUN pip install --no-cache-dir --constraint requirements.lock setuptools wheel
 COPY incept ./incept
 COPY services ./services
-RUN pip install --no-cache-dir --no-build-isolation --constraint requirements.lock .
+RUN pip install --no-cache-dir --no-build-isolation --constraint requirements.lock . \
+ && pip install --no-cache-dir --no-deps --constraint requirements.lock -r runtime-extras.txt
 
 FROM python:3.11.14-slim-bookworm
 LABEL org.opencontainers.image.title="incept-evaluator" \

@@ -11,13 +11,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-COPY requirements.lock pyproject.toml docker/cuda-constraints.txt ./
+COPY requirements.lock pyproject.toml docker/cuda-constraints.txt docker/runtime-extras.txt ./
 RUN pip install --no-cache-dir --constraint requirements.lock setuptools wheel
 COPY incept ./incept
 COPY services ./services
 # The project declares tensorflow-cpu (what CI and the CPU images use); swap in
 # the GPU build of the same version. Both ship the same `tensorflow` package.
 RUN pip install --no-cache-dir --no-build-isolation --constraint requirements.lock . \
+ && pip install --no-cache-dir --no-deps --constraint requirements.lock -r runtime-extras.txt \
  && pip uninstall --yes tensorflow-cpu \
  && pip install --no-cache-dir --constraint requirements.lock --constraint cuda-constraints.txt \
       "tensorflow[and-cuda]==2.21.0" \
