@@ -96,9 +96,13 @@ def _compute(model, dataset_dir, split: str, image_size: int, view: int, seed: i
     run, names = _backbone_fn(model)
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for images in ds:
+        count = int(images.shape[0])
+        if count < FEATURE_BATCH:
+            # Pad the last batch: one traced shape for the whole pass.
+            images = tf.pad(images, [[0, FEATURE_BATCH - count], [0, 0], [0, 0], [0, 0]])
         out = run(images)
         for n in names:
-            chunks[n].append(out[n].numpy())
+            chunks[n].append(out[n].numpy()[:count])
     return {n: np.concatenate(c) for n, c in chunks.items()}
 
 

@@ -64,6 +64,8 @@ class TrainResult:
     checkpoints: list[int] = field(default_factory=list)
     unsent_evals: list[int] = field(default_factory=list)
     images_per_sec: float = 0.0
+    # Throughput after the first (tracing) step, checkpoint saves excluded.
+    steady_images_per_sec: float = 0.0
     feature_seconds: float = 0.0
 
 
@@ -325,22 +327,28 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
     report_step, report_images_t = step, t_start
     images_per_sec, loss_value = 0.0, float("nan")
     steps_per_epoch = num_train / global_batch
+    steady_start_step, steady_t, save_seconds = None, 0.0, 0.0
     while step < max_steps:
         if link is not None and link.cancel_requested.is_set():
             stop.set("cancelled")
         if stop.event.is_set():
             break
-        loss_value = float(train_step(iterator))
+        # The loss stays a tensor (no host sync) except when reported.
+        loss_tensor = train_step(iterator)
         step += 1
-        if not math.isfinite(loss_value):
-            raise UserError(f"loss became {loss_value} at step {step}; lower the learning rate")
         now = time.monotonic()
         due = (spec.checkpoint_every_steps and step % spec.checkpoint_every_steps == 0) or (
             spec.checkpoint_every_seconds and now - last_save_t >= spec.checkpoint_every_seconds)
+        if steady_start_step is None:
+            steady_start_step, steady_t, save_seconds = step, now, 0.0
         if due and step < max_steps:
             save(step)
-            last_save_t = now
+            last_save_t = time.monotonic()
+            save_seconds += last_save_t - now
         if now - last_report_t >= progress_interval_s or step == max_steps:
+            loss_value = float(loss_tensor)
+            if not math.isfinite(loss_value):
+                raise UserError(f"loss became {loss_value} at step {step}; lower the learning rate")
             images_per_sec = (step - report_step) * global_batch / max(now - report_images_t, 1e-9)
             eta = (max_steps - step) * global_batch / max(images_per_sec, 1e-9)
             reporter.progress(step=step, epoch=step / steps_per_epoch, loss=loss_value,
@@ -348,12 +356,17 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
                               images_per_sec=images_per_sec, eta_s=eta)
             last_report_t, report_step, report_images_t = now, step, now
 
+    steady = 0.0
+    if steady_start_step is not None and step > steady_start_step:
+        elapsed = time.monotonic() - steady_t - save_seconds
+        steady = (step - steady_start_step) * global_batch / max(elapsed, 1e-9)
     if (not saved or saved[-1] != step) and resumed_from != step:
         save(step)
     state = {"preempted": "preempted", "cancelled": "cancelled"}.get(stop.reason, "succeeded")
     result = TrainResult(job_id=job_id, state=state, step=step, max_steps=max_steps,
                          path="head_only" if head_only else "full", resumed_from=resumed_from,
                          checkpoints=saved, images_per_sec=images_per_sec,
+                         steady_images_per_sec=steady,
                          feature_seconds=feature_seconds)
     if state == "preempted":
         # Not a final state: a restart resumes from the checkpoint just written.
