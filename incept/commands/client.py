@@ -186,5 +186,29 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
                 progress.console.print(f"  state: {state}")
     job = client.job(job_id)
     state = job.get("state", state)
+    if state == "succeeded":
+        job = wait_final_evaluation(client, job_id, console)
     console.print(f"{job_id}: {state}" + (f" — {job['error']}" if job.get("error") else ""))
     return 0 if state == "succeeded" else 1
+
+
+def wait_final_evaluation(client: GatewayClient, job_id: str, console, timeout_s: float = 600.0) -> dict:
+    """Training is over; the evaluator may still be busy with the last checkpoints.
+    Print their results as they arrive, until the final checkpoint's is in."""
+    import time
+
+    job = client.job(job_id)
+    shown = {e.get("step") for e in evaluations_of(job)}
+    final = job.get("last_checkpoint_step") or job.get("step")
+    deadline = time.monotonic() + timeout_s
+    if final not in shown:
+        console.print(f"  waiting for the evaluation of the final checkpoint (step {final}) ...")
+    while final not in shown and time.monotonic() < deadline:
+        time.sleep(1.0)
+        job = client.job(job_id)
+        for e in evaluations_of(job):
+            if e.get("step") not in shown:
+                shown.add(e.get("step"))
+                console.print(f"  evaluated step {e.get('step')}: accuracy {_fmt(e.get('accuracy'), '.3f')}"
+                              f"  recall@5 {_fmt(e.get('recall_at_5'), '.3f')}  loss {_fmt(e.get('loss'))}")
+    return job

@@ -97,7 +97,7 @@ class _Shutdown(Exception):
 def _up_foreground(args: argparse.Namespace, root: Path) -> int:
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)  # a log file (--detach) gets whole lines
     logging.getLogger("incept.stack").setLevel(logging.INFO)
 
     def on_sigterm(signum, frame):

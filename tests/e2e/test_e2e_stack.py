@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 DATASET = "shapes"
 SPEC = {
     "dataset": DATASET, "model_name": "tiny", "image_size": 32, "batch_size": 16,
-    "max_steps": 600, "checkpoint_every_steps": 60, "keep_checkpoints": 100,
+    "max_steps": 4000, "checkpoint_every_steps": 400, "keep_checkpoints": 100,
     "optimizer": "adam", "learning_rate": 0.01, "opt_epsilon": 1e-3, "augment": False,
     "served_model_name": "shapes",
 }
@@ -95,7 +95,7 @@ class E2E:
         self.jobs.append(job_id)
         return job_id
 
-    def running_job(self, margin_steps: int = 200) -> str:
+    def running_job(self, margin_steps: int = 1500) -> str:
         """A job with at least ``margin_steps`` left to train (submitting one if needed)."""
         for job_id in reversed(self.jobs):
             job = self.job(job_id)
@@ -237,14 +237,10 @@ def test_trainer_sigterm_then_restart_resumes_at_the_saved_step(e2e):
     saved = status["last_checkpoint_step"]
     assert status["state"] in ("queued", "running")  # preempted, waiting to resume
     assert (run / "checkpoints" / f"ckpt-{saved}.index").exists()
-    seen = len(e2e.events)
 
     # The supervisor starts the trainer again; it resumes from the saved step.
     e2e.wait_for("a new trainer process", lambda: e2e.pid("trainer") != trainer and _alive(e2e.pid("trainer")))
-    e2e.wait_for("progress after the restart", lambda: any(
-        e.type == "progress" for e in e2e.events[seen:]))
-    resumed = [e.data["step"] for e in e2e.events[seen:] if e.type == "progress"]
-    assert min(resumed) > saved, (saved, resumed)
+    e2e.wait_for("progress after the restart", lambda: max(_progress_steps(e2e, job_id)) > saved)
     steps = _progress_steps(e2e, job_id)
     assert steps == sorted(set(steps)), steps  # never went back to an earlier step
 
@@ -286,7 +282,7 @@ def test_redis_stopped_and_started_again_mid_run(e2e):
     assert job_id in [j["job_id"] for j in e2e.client.jobs()]
 
 
-def test_every_job_finishes_with_each_checkpoint_evaluated_exactly_once(e2e):
+def test_every_job_finishes_with_each_checkpoint_evaluated_once(e2e):
     from incept.commands.client import evaluations_of
     from incept.jobstate import JobState
 
@@ -303,10 +299,15 @@ def test_every_job_finishes_with_each_checkpoint_evaluated_exactly_once(e2e):
             (x := e2e.job(j)) and [e["step"] for e in evaluations_of(x)] == s and x))
         results = sorted(int(p.stem) for p in (e2e.root / "runs" / job_id / "eval").glob("*.json"))
         assert results == steps
-        # ... exactly once on the live stream too.
-        events = JobState(e2e.redis()).events(job_id, count=100_000)
-        eval_steps = [data["step"] for _id, kind, data in events if kind == "eval"]
-        assert sorted(eval_steps) == steps, eval_steps
+        # ... and never twice on the live stream (an evaluation that finished while
+        # Redis was down has its result on disk but may have no event).
+        def eval_steps(j=job_id):
+            events = JobState(e2e.redis()).events(j, count=100_000)
+            return [data["step"] for _id, kind, data in events if kind == "eval"]
+
+        e2e.wait_for(f"the final eval event of {job_id}", lambda s=steps: s[-1] in eval_steps())
+        assert len(eval_steps()) == len(set(eval_steps())), eval_steps()
+        assert set(eval_steps()) <= set(steps)
         assert job["exported_versions"]
         assert job["best"]["accuracy"] >= 0.6  # chance is 0.2 on this easy set
 
@@ -316,7 +317,8 @@ def test_gateway_restart_keeps_state_and_history(e2e):
 
     before = {job_id: e2e.job(job_id) for job_id in e2e.jobs}
     listed = e2e.client.jobs()
-    events = {job_id: len(JobState(e2e.redis()).events(job_id, count=100_000)) for job_id in e2e.jobs}
+    events = {job_id: [eid for eid, _kind, _data in JobState(e2e.redis()).events(job_id, count=100_000)]
+              for job_id in e2e.jobs}
     gateway = e2e.pid("gateway")
     os.kill(gateway, signal.SIGTERM)
     psutil.Process(gateway).wait(30)
@@ -324,9 +326,12 @@ def test_gateway_restart_keeps_state_and_history(e2e):
     assert e2e.client.jobs() == listed
     for job_id, job in before.items():
         assert e2e.job(job_id) == job
-        # The event history is all there: a new client replays it from the start.
+        # The event history is all there: a new client replays it from the start
+        # (up to the end of training, where the gateway ends the stream).
         replay = list(e2e.client.events(job_id))
-        assert len(replay) == events[job_id]
+        assert [e.id for e in replay] == events[job_id][:len(replay)]
+        assert replay[-1].type == "state" and replay[-1].data["state"] == "succeeded"
+        assert {"progress", "checkpoint"} <= {e.type for e in replay}
 
 
 def test_new_version_exported_during_predictions(e2e):
@@ -388,9 +393,10 @@ def test_load_benchmark_short_run_has_no_errors(e2e):
 
 
 def test_down_then_up_again_resumes_and_keeps_everything(e2e):
-    job_id = e2e.submit(max_steps=900)
+    job_id = e2e.submit()
     e2e.wait_for("a checkpoint", lambda: (e2e.job(job_id).get("last_checkpoint_step") or 0) > 0)
     listed = {j["job_id"]: j["state"] for j in e2e.client.jobs()}
+    assert listed[job_id] == "running", "the job finished before the stack was stopped"
     state = e2e.state
     pids = [c["pid"] for c in state["children"].values()] + [state["redis_pid"], state["supervisor_pid"]]
 
@@ -408,9 +414,9 @@ def test_down_then_up_again_resumes_and_keeps_everything(e2e):
             assert e2e.job(other)["state"] == other_state
     job = e2e.wait_for(f"{job_id} to finish after the restart", lambda: (
         (x := e2e.job(job_id))["state"] in TERMINAL_STATES and x), timeout_s=2 * WAIT_S)
-    assert job["state"] == "succeeded" and job["step"] == 900
+    assert job["state"] == "succeeded" and job["step"] == SPEC["max_steps"]
     # It went on from where it stopped: progress never went back.
-    assert 0 < stopped_at < 900
+    assert 0 < stopped_at < SPEC["max_steps"]
     steps = _progress_steps(e2e, job_id)
     assert steps == sorted(set(steps)) and any(s > stopped_at for s in steps), (stopped_at, steps)
 
