@@ -165,6 +165,7 @@ def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: st
     link = RedisLink(redis_url, job_id) if (redis_url and chief) else None
     reporter = Reporter(run, link, chief=chief, max_steps=max_steps, show_bar=show_bar)
     stop = stop or _Stop()
+    previous_policy = keras.mixed_precision.global_policy()
     previous_handler = None
     if handle_signals and threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.set("preempted"))
@@ -177,6 +178,8 @@ def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: st
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
+        # mixed_float16 is process-global in Keras: do not leak it to later models.
+        keras.mixed_precision.set_global_policy(previous_policy)
         reporter.close()
         # Flush pending state and eval requests (bounded: SIGTERM leaves ~30 s).
         unsent = link.close(timeout_s=15.0) if link is not None else []

@@ -114,3 +114,49 @@ def test_invalid_job_is_refused_before_training(data):
     make_run(data, "toobig", batch_size=4096)
     with pytest.raises(UserError, match="fewer than batch_size"):
         train("toobig", data)
+
+
+def test_augmented_views_ema_and_mixed_precision(data):
+    import keras
+
+    from incept.checkpoints import restore_for_inference
+    from incept.training.trainer import train
+
+    run, _ = make_run(data, "views", trainable_scopes=TINY_HEADS, augmented_views=3,
+                      moving_average_decay=0.99, mixed_precision=True, max_steps=30, **FAST)
+    result = train("views", data)
+    assert result.path == "head_only" and result.step == 30
+    assert sorted(p.name.rsplit("-", 1)[1] for p in data.feature_cache.rglob("*.npz")) == [
+        "view1.npz", "view2.npz", "view3.npz"]
+    assert keras.mixed_precision.global_policy().name == "float32"  # not leaked
+    restored = restore_for_inference(run, layout=data)
+    assert restored.ema_applied and restored.step == 30
+
+
+def test_training_from_a_base_checkpoint_excludes_the_heads(data, tmp_path):
+    """slim's recipe: the backbone comes from a checkpoint, the excluded heads start fresh."""
+    from incept.checkpoints import restore_for_inference
+    from incept.nets import build, slim_variables
+
+    source = build("tiny", 7, image_size=32)  # another task: 7 classes
+    prefix = tmp_path / "base" / "tiny.ckpt"
+    _save_slim(slim_variables(source), prefix)
+
+    run, _ = make_run(data, "based", checkpoint=str(prefix), exclude_scopes=TINY_HEADS,
+                      trainable_scopes=TINY_HEADS, max_steps=10)
+    from incept.training.trainer import train
+
+    train("based", data)
+    model = restore_for_inference(run, layout=data).model
+    np.testing.assert_array_equal(model.get_layer("Conv2d_1a_3x3").kernel.numpy(),
+                                  source.get_layer("Conv2d_1a_3x3").kernel.numpy())
+
+
+def _save_slim(variables, prefix):
+    """A checkpoint keyed by slim names, as slim's tf.compat.v1 Saver writes them."""
+    import tensorflow as tf
+
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    names = list(variables)
+    tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
+                      tensors=[tf.convert_to_tensor(variables[n]) for n in names])

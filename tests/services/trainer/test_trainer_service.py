@@ -152,3 +152,28 @@ def test_incept_train_refuses_an_invalid_spec(data, redis_url, tmp_path):
     err = done.stderr.decode()
     assert "model_name" in err and "learning_rate" in err and "Traceback" not in err
     assert not any(data.runs.iterdir())
+
+
+def test_stopping_the_worker_checkpoints_and_queues_a_resume(data, redis_url, redis_conn):
+    """SIGTERM to `incept trainer` reaches the training job: it checkpoints and
+    queues a resume request that the next worker picks up."""
+    from rq import Queue
+
+    from incept.checkpoints import list_checkpoints
+    from incept.queues import enqueue_training, request_id
+
+    run, _ = make_run(data, "stopme", max_steps=1_000_000, checkpoint_every_steps=50)
+    enqueue_training(redis_conn, "stopme")
+    proc = subprocess.Popen([*INCEPT, "trainer"], env=_env(data, redis_url), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait(lambda: list_checkpoints(run), 120, proc, "a first checkpoint")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    saved = list_checkpoints(run)[-1]
+    assert json.loads(run.status.read_text())["preempted_at"] == saved
+    assert Queue("train", connection=redis_conn).job_ids == [
+        request_id("train", "stopme", "resume", saved)]
