@@ -160,3 +160,22 @@ def _save_slim(variables, prefix):
     names = list(variables)
     tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=[""] * len(names),
                       tensors=[tf.convert_to_tensor(variables[n]) for n in names])
+
+
+@pytest.mark.slow
+def test_inception_v4_head_only_job(data):
+    """The real net's head layers, dropout and aux head on the head-only path."""
+    from incept.checkpoints import restore_for_inference
+    from incept.training.trainer import train
+
+    heads = ["InceptionV4/Logits", "InceptionV4/AuxLogits/Aux_logits"]
+    run, _ = make_run(data, "iv4", model_name="inception_v4", image_size=75, trainable_scopes=heads,
+                      moving_average_decay=0.9999, max_steps=4, batch_size=8)
+    result = train("iv4", data)
+    assert result.path == "head_only" and result.checkpoints[-1] == 4
+    (entry,) = data.feature_cache.rglob("*.npz")
+    with np.load(entry) as cached:
+        assert cached["pre_logits"].shape[1:] == (1536,) and cached["pre_logits"].dtype == np.float16
+        assert cached["aux_pre_logits"].shape[1:] == (768,)
+    restored = restore_for_inference(run, layout=data)
+    assert restored.ema_applied and restored.model.output["logits"].shape[-1] == 3
