@@ -9,10 +9,12 @@ the evaluation's own compute time (restore + forward + metrics, reported by the
 evaluator in the result). The seed's eval loop polled every 60 s. Tiny net;
 blessing is off (bless_threshold 1.0) so no export is timed.
 
-eval_vs_forward: images/s of the evaluation pass (TFRecord read, decode,
-eval preprocessing, forward, metrics -- each image once) against one plain
-forward pass of the same Inception v4 over the same images already decoded in
-memory, in this process.
+eval_vs_forward: images per second of the evaluation pass (TFRecord read,
+decode, eval preprocessing, forward, metrics -- each image once) against one
+plain forward pass of the same Inception v4 over the same images already
+decoded in memory, in this process; best of 3 alternating runs each. The goal
+uses this process's CPU time (the cores are shared, so wall time swings with
+the neighbours' load); the wall-time ratio is printed beside it.
 """
 
 from __future__ import annotations
@@ -102,7 +104,8 @@ def reaction(layout, redis_url: str, work: Path, checkpoints: int) -> list[float
         conn.close()
 
 
-def throughput(layout, work: Path, images: int, image_size: int) -> tuple[float, float]:
+def throughput(layout, work: Path, images: int, image_size: int,
+               repeats: int) -> dict[str, float]:
     import tensorflow as tf
 
     from incept import nets
@@ -124,17 +127,29 @@ def throughput(layout, work: Path, images: int, image_size: int) -> tuple[float,
         batches.append(tf.stack(batch))
     count = sum(int(b.shape[0]) for b in batches)
     forward(batches[0])  # trace once; both measurements below run warm
-    start = time.perf_counter()
-    for b in batches:
-        logits, _ = forward(b)
-        logits.numpy()
-    forward_s = time.perf_counter() - start
-    start = time.perf_counter()
-    outputs = run_split(model, dataset, "validation", image_size=image_size, forward=forward)
-    classification_metrics(outputs.logits, outputs.labels, [str(i) for i in range(5)])
-    eval_s = time.perf_counter() - start
-    assert len(outputs) == count
-    return count / eval_s, count / forward_s
+
+    def forward_pass() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for b in batches:
+            forward(b)[0].numpy()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    def evaluation_pass() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        outputs = run_split(model, dataset, "validation", image_size=image_size, forward=forward)
+        classification_metrics(outputs.logits, outputs.labels, [str(i) for i in range(5)])
+        assert len(outputs) == count
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+    # Alternate and keep the best of each: the cores are shared with other work,
+    # so single runs are noisy.
+    forward_s = [float("inf"), float("inf")]
+    eval_s = [float("inf"), float("inf")]
+    for _ in range(repeats):
+        forward_s = [min(a, b) for a, b in zip(forward_s, forward_pass(), strict=True)]
+        eval_s = [min(a, b) for a, b in zip(eval_s, evaluation_pass(), strict=True)]
+    return {"eval_wall": count / eval_s[0], "forward_wall": count / forward_s[0],
+            "eval_cpu": count / eval_s[1], "forward_cpu": count / forward_s[1]}
 
 
 def main() -> int:
@@ -154,17 +169,22 @@ def main() -> int:
     try:
         layout = Layout(work / "data").ensure()
         reactions = reaction(layout, server.url, work, checkpoints)
-        eval_ips, forward_ips = throughput(layout, work, per_class, args.image_size)
+        rates = throughput(layout, work, per_class, args.image_size, repeats=3)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     report("reaction median", statistics.median(reactions), "s")
     report("reaction max", max(reactions), "s")
     report("baseline: seed's poll interval", 60.0, "s")
-    report("eval images/s", eval_ips)
-    report("forward images/s (baseline)", forward_ips)
+    report("eval images/s (wall)", rates["eval_wall"])
+    report("forward images/s (wall, baseline)", rates["forward_wall"])
+    report("eval vs forward (wall)", rates["eval_wall"] / rates["forward_wall"])
+    report("eval images/cpu-s", rates["eval_cpu"])
+    report("forward images/cpu-s (baseline)", rates["forward_cpu"])
     goal("eval_reaction_s", max(reactions), "<=", 1)
-    goal("eval_vs_forward", eval_ips / forward_ips, ">=", 0.9)
+    # Per CPU-second of this process: on shared cores wall time mostly measures
+    # the neighbours; CPU time counts the decoding threads' work too.
+    goal("eval_vs_forward", rates["eval_cpu"] / rates["forward_cpu"], ">=", 0.9)
     return 0
 
 

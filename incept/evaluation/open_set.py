@@ -11,7 +11,13 @@ Every score is oriented so that HIGHER means MORE LIKELY UNKNOWN:
 ``OpenSetScore`` is a Keras layer so the very same computation runs in the
 evaluator and inside the exported SavedModel (its parameters are non-trainable
 weights, saved with the model). ``bench/open_set.py`` compares the scores with
-a held-out-class protocol; ``DEFAULT_SCORE`` is its winner.
+a held-out-class protocol. Its full run (5 folds of flower_photos_sample, tiny
+net at 48 px) measured AUROC / FPR@95TPR: max_softmax 0.604 / 0.886, energy
+0.603 / 0.884, Mahalanobis 0.558 / 0.957 (Mahalanobis was best only on the
+non-flower photos alone: 0.689 vs 0.661). Energy ties the baseline, has the
+lowest FPR and needs no pass over the training split at export time, so it is
+``DEFAULT_SCORE``; Mahalanobis stays available (``score_name``) for backbones
+whose features are richer than the tiny net's.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import tensorflow as tf
 from scipy.stats import rankdata
 
 SCORES = ("mahalanobis", "energy", "max_softmax")
-DEFAULT_SCORE = "mahalanobis"
+DEFAULT_SCORE = "energy"
 # Keep this share of in-distribution validation images (threshold calibration).
 DEFAULT_TPR = 0.95
 # Shrink the shared covariance towards a scaled identity so it stays invertible

@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from incept import nets
-from incept.evaluation.open_set import OpenSetScore
+from incept.evaluation.open_set import DEFAULT_SCORE, OpenSetScore
 from incept.export import export_model, list_versions, read_manifest
 from incept.preprocessing import decode_and_preprocess_for_eval
 
@@ -151,7 +151,8 @@ def test_export_command(tmp_path, capsys):
     assert "step 7" in capsys.readouterr().out
     manifest = read_manifest(base / "1")
     assert (manifest["job_id"], manifest["step"]) == ("job9", 7)
-    assert manifest["ood_calibration"]["score_name"] == "mahalanobis"
+    assert manifest["ood_calibration"]["score_name"] == DEFAULT_SCORE
+    assert manifest["ood_calibration"]["tpr"] >= 0.95
     images = [e["image"].numpy() for e in read_examples(layout.dataset("flowers"), "validation")]
     out = tf.saved_model.load(str(base / "1")).signatures["serving_default"](images=tf.constant(images))
     want = tf.nn.softmax(model(tf.stack([decode_and_preprocess_for_eval(b, SIZE) for b in images]),
