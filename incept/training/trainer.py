@@ -137,19 +137,13 @@ def _restore_newest(checkpoint: tf.train.Checkpoint, run, reporter: Reporter) ->
     return None
 
 
-def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: str = "auto",
-          progress_interval_s: float = 5.0, stop: _Stop | None = None,
-          handle_signals: bool = True, show_bar: bool | None = None) -> TrainResult:
-    strategy = distribute.make_strategy()
-    chief = distribute.is_chief(strategy)
-    run = layout.run(job_id)
+def _load_job(run, layout: Layout, chief: bool):
+    from incept.data.dataset import DatasetInfo
+
     try:
         spec = load_run_spec(run)
     except CheckpointError as e:
         raise UserError(str(e)) from None
-
-    from incept.data.dataset import DatasetInfo
-
     dataset_dir = spec.dataset_dir(layout)
     info = DatasetInfo.load(dataset_dir)
     num_train = info.count("train")
@@ -160,15 +154,53 @@ def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: st
                         f"batch_size {spec.batch_size}")
     if chief and not class_names_path(run).exists():
         write_json_atomic(class_names_path(run), list(info.class_names))
+    return spec, info, dataset_dir
+
+
+def _record_early_failure(run, redis_url: str | None, message: str) -> None:
+    if run.root.is_dir():
+        write_json_atomic(run.status, {"job_id": run.job_id, "state": "failed", "error": message,
+                                       "updated_at": time.time()})
+    if redis_url:
+        import redis
+
+        from incept.jobstate import JobState
+        from incept.queues import connect
+
+        try:
+            conn = connect(redis_url, timeout_s=3.0)
+            JobState(conn).set_state(run.job_id, "failed", error=message[:2000])
+            conn.close()
+        except (redis.RedisError, OSError):
+            log.warning("Redis unreachable: job %s failure recorded in status.json only", run.job_id)
+
+
+def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: str = "auto",
+          progress_interval_s: float = 5.0, stop: _Stop | None = None,
+          handle_signals: bool = True, show_bar: bool | None = None) -> TrainResult:
+    strategy = distribute.make_strategy()
+    chief = distribute.is_chief(strategy)
+    run = layout.run(job_id)
+    try:
+        spec, info, dataset_dir = _load_job(run, layout, chief)
+    except (UserError, OSError, ValueError) as e:
+        # No reporter yet: record the failure directly so the job does not look queued forever.
+        if chief:
+            _record_early_failure(run, redis_url, str(e))
+        raise
+    num_train = info.count("train")
 
     max_steps = optim.steps_for(spec, num_train)
     link = RedisLink(redis_url, job_id) if (redis_url and chief) else None
     reporter = Reporter(run, link, chief=chief, max_steps=max_steps, show_bar=show_bar)
     stop = stop or _Stop()
     previous_policy = keras.mixed_precision.global_policy()
-    previous_handler = None
+    previous_handlers = {}
     if handle_signals and threading.current_thread() is threading.main_thread():
-        previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop.set("preempted"))
+        # SIGTERM (Kubernetes, rq) and Ctrl-C: checkpoint at the next step and stop;
+        # running the job again resumes from there.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous_handlers[signum] = signal.signal(signum, lambda *_: stop.set("preempted"))
     try:
         result = _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, reporter,
                         link, stop, max_steps, path, progress_interval_s)
@@ -176,8 +208,8 @@ def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: st
         reporter.state("failed", error=str(e)[:2000])
         raise
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
         # mixed_float16 is process-global in Keras: do not leak it to later models.
         keras.mixed_precision.set_global_policy(previous_policy)
         reporter.close()
@@ -232,8 +264,10 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
     reporter.state("running", step=step, max_steps=max_steps, resumed_from=resumed_from,
                    path="head_only" if head_only else "full")
 
-    # Inputs.
+    # Inputs. A resumed job draws a fresh example order (seeded by the step)
+    # instead of skipping through the stream it had consumed.
     global_batch = spec.batch_size
+    data_seed = spec.seed if step == 0 else (spec.seed * 1_000_003 + step) % (2**31 - 1)
     feature_seconds = 0.0
     if head_only:
         cache_key = features.backbone_key(spec.model_name, image_size, base, spec.seed)
@@ -242,14 +276,11 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
         feature_seconds = feats.compute_seconds
         log.info("head-only: features for %d images (%d views cached, %d computed in %.1f s)",
                  len(feats.labels), feats.hits, feats.computed, feats.compute_seconds)
-        ds = features.feature_batches(feats, global_batch, seed=spec.seed,
+        ds = features.feature_batches(feats, global_batch, seed=data_seed,
                                       shuffle_buffer=inputs.shuffle_buffer(num_train))
     else:
         ds = inputs.train_images(dataset_dir, info, image_size, global_batch, augment=spec.augment,
-                                 seed=spec.seed)
-    # Skip what a resumed job has consumed, so it continues the same stream.
-    if step:
-        ds = ds.skip(step)
+                                 seed=data_seed)
     ds = ds.with_options(inputs.shard_options())
     iterator = iter(strategy.experimental_distribute_dataset(ds))
 
@@ -321,9 +352,10 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
             # Every worker takes part in saving; only the chief's copy is kept.
             shutil.rmtree(manager_dir, ignore_errors=True)
 
-    if not head_only and chief and step == 0:
-        sample = next(iter(ds.take(1)))[0]
-        reporter.images(sample)
+    if chief and step == 0:
+        sample = (inputs.train_images(dataset_dir, info, image_size, 4, augment=spec.augment,
+                                      seed=spec.seed) if head_only else ds)
+        reporter.images(next(iter(sample.take(1)))[0])
 
     t_start = time.monotonic()
     last_save_t, last_report_t = t_start, t_start

@@ -111,9 +111,11 @@ def test_invalid_job_is_refused_before_training(data):
     from incept.errors import UserError
     from incept.training.trainer import train
 
-    make_run(data, "toobig", batch_size=4096)
+    run, _ = make_run(data, "toobig", batch_size=4096)
     with pytest.raises(UserError, match="fewer than batch_size"):
         train("toobig", data)
+    status = json.loads(run.status.read_text())
+    assert status["state"] == "failed" and "fewer than batch_size" in status["error"]
 
 
 def test_augmented_views_ema_and_mixed_precision(data):
