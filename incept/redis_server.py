@@ -56,7 +56,10 @@ class RedisServer:
                 "--logfile", str(self.data_dir / "redis.log")]
         args += ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persistent \
             else ["--appendonly", "no"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # Own session: a Ctrl-C in the terminal must not stop Redis before the
+        # workers that still write to it (incept up stops it last).
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
         self.wait_ready(timeout_s)
         return self
 

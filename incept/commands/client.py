@@ -19,6 +19,9 @@ def _add_endpoint(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> GatewayClient:
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     url, token = resolve_endpoint(args.url, args.token, args.data_root)
     return GatewayClient(url, token)
 
@@ -149,7 +152,8 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
     console = console or Console()
     job = client.job(job_id)
     total = job.get("max_steps")
-    progress = Progress(TextColumn("[bold]{task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
+    console.print(f"following {job_id}")
+    progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}  {task.fields[ips]} img/s"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     state = job.get("state")

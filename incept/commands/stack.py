@@ -9,6 +9,7 @@ healthy; ``incept down`` stops it."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -99,11 +100,13 @@ def _up_foreground(args: argparse.Namespace, root: Path) -> int:
 
     console = Console(soft_wrap=True)  # a log file (--detach) gets whole lines
     logging.getLogger("incept.stack").setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
 
     def on_sigterm(signum, frame):
         raise _Shutdown()
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGHUP, on_sigterm)  # the terminal went away
     stack = Stack(root, port=args.port)
     stop_event = threading.Event()
     console.print(f"[bold]incept[/]: starting Redis, the evaluator, a trainer and the gateway "
@@ -122,12 +125,14 @@ def _up_foreground(args: argparse.Namespace, root: Path) -> int:
                       "(everything is kept; the next 'make up' resumes)")
         stop_event.wait()
     except (KeyboardInterrupt, _Shutdown):
-        console.print("\nstopping (the trainer writes a checkpoint first) ...")
+        with contextlib.suppress(OSError):  # the terminal may be gone
+            console.print("\nstopping (the trainer writes a checkpoint first) ...")
     finally:
         stop_event.set()
         # A second Ctrl-C must not cut the trainer's final checkpoint short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         stack.stop()
-    console.print(f"stopped; datasets, runs, models and queues are kept under {root}")
+    with contextlib.suppress(OSError):
+        console.print(f"stopped; datasets, runs, models and queues are kept under {root}")
     return 0

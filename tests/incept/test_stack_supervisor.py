@@ -162,7 +162,7 @@ def test_stop_gives_each_child_its_grace_period_then_kills(tmp_path, monkeypatch
     stubborn = stack_mod.Child("evaluator", [sys.executable, "-c",
                                              "import signal, time\n"
                                              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                                             "print('ready', flush=True)\n"
+                                             "print('ARMED'.lower(), flush=True)\n"
                                              "time.sleep(120)"],
                                {}, stack.paths.log_file("evaluator"))
     obedient = stack_mod.Child("gateway", [sys.executable, "-c", "import time; time.sleep(120)"],
@@ -171,7 +171,7 @@ def test_stop_gives_each_child_its_grace_period_then_kills(tmp_path, monkeypatch
     obedient.start()
     stack.children = {"evaluator": stubborn, "gateway": obedient}
     deadline = time.monotonic() + 30
-    while "ready" not in stubborn.tail() and time.monotonic() < deadline:
+    while "armed" not in stubborn.tail() and time.monotonic() < deadline:
         time.sleep(0.05)
     stack.stop()
     assert obedient.process.returncode == -15  # SIGTERM
