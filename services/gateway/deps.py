@@ -20,24 +20,27 @@ from services.gateway.metrics import GatewayMetrics
 
 _bearer = HTTPBearer(auto_error=False, description="A token from INCEPT_API_TOKENS")
 
+# Every dependency is ``async def``: they never block, and FastAPI would run a
+# plain ``def`` one in the thread pool (a thread hop per dependency per request).
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_layout(request: Request) -> Layout:
+async def get_layout(request: Request) -> Layout:
     return request.app.state.layout
 
 
-def get_redis(request: Request) -> redis.Redis:
+async def get_redis(request: Request) -> redis.Redis:
     return request.app.state.redis
 
 
-def get_jobstate(request: Request) -> JobState:
+async def get_jobstate(request: Request) -> JobState:
     return JobState(request.app.state.redis)
 
 
-def get_launcher(request: Request) -> Launcher:
+async def get_launcher(request: Request) -> Launcher:
     launcher = request.app.state.launcher
     if launcher is None:
         raise ApiError(f"the job launcher is not available: {request.app.state.launcher_error}",
@@ -45,11 +48,11 @@ def get_launcher(request: Request) -> Launcher:
     return launcher
 
 
-def get_backend(request: Request) -> PredictionBackend:
+async def get_backend(request: Request) -> PredictionBackend:
     return request.app.state.backend
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 
@@ -71,12 +74,12 @@ def _check_token(settings: Settings, credentials: HTTPAuthorizationCredentials |
         raise ApiError("invalid token", status_code=401, headers=challenge)
 
 
-def require_token(settings: Annotated[Settings, Depends(get_settings)],
+async def require_token(settings: Annotated[Settings, Depends(get_settings)],
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     _check_token(settings, credentials)
 
 
-def require_predict_token(settings: Annotated[Settings, Depends(get_settings)],
+async def require_predict_token(settings: Annotated[Settings, Depends(get_settings)],
                           credentials: Annotated[HTTPAuthorizationCredentials | None,
                                                  Depends(_bearer)]) -> None:
     if settings.protect_predict:
