@@ -33,15 +33,14 @@ def run_training(job_id: str) -> dict:
 
 
 def convert_dataset(name: str, source_dir: str) -> dict:
-    """Convert a folder of class folders into datasets/<name>."""
-    from dataclasses import asdict
-
+    """Convert a folder of class folders (inside the data root) into datasets/<name>."""
     from incept.data.convert import convert
+    from incept.errors import UserError
 
     layout = get_settings().layout.ensure()
-    src = layout.resolve_inside(source_dir)
-    report = convert(src, layout.dataset(name))
     try:
-        return asdict(report)
-    except TypeError:
-        return {"summary": report.summary()}
+        src = layout.resolve_inside(source_dir)
+        out = layout.dataset(name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return convert(src, out).to_dict()

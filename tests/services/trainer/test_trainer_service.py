@@ -122,13 +122,17 @@ def test_redis_outage_loses_no_eval_request(data, tmp_path):
         server.stop()
 
 
-def test_rq_worker_runs_a_training_job(data, redis_url, redis_conn):
+def test_rq_worker_runs_a_conversion_and_a_training_job(data, redis_url, redis_conn):
     from rq.job import Job
 
     from incept.checkpoints import list_checkpoints
+    from incept.data.dataset import DatasetInfo
+    from incept.data.synthetic import write_class_folders
     from incept.jobstate import JobState
-    from incept.queues import enqueue_training
+    from incept.queues import enqueue_conversion, enqueue_training
 
+    write_class_folders(data.uploads / "more", num_classes=2, per_class=6, size=(40, 40))
+    conversion = enqueue_conversion(redis_conn, "more", "uploads/more")
     run, _ = make_run(data, "queued", max_steps=30, checkpoint_every_steps=None)
     JobState(redis_conn).create("queued")
     job = enqueue_training(redis_conn, "queued")
@@ -140,6 +144,10 @@ def test_rq_worker_runs_a_training_job(data, redis_url, redis_conn):
     assert job.return_value()["state"] == "succeeded"
     assert list_checkpoints(run) == [30]
     assert JobState(redis_conn).get("queued")["state"] == "succeeded"
+    conversion = Job.fetch(conversion.id, connection=redis_conn)
+    assert conversion.get_status() == "finished"
+    assert conversion.return_value()["written"] == 12
+    assert DatasetInfo.load(data.dataset("more")).num_classes == 2
 
 
 def test_incept_train_refuses_an_invalid_spec(data, redis_url, tmp_path):
