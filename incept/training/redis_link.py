@@ -43,6 +43,7 @@ class RedisLink:
         self.sent_evals: list[int] = []
         self.cancel_requested = threading.Event()
         self._backoff = 0.0
+        self._deadline = float("inf")
         self._down_since: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"redis-link-{job_id}", daemon=True)
         self._thread.start()
@@ -74,9 +75,10 @@ class RedisLink:
 
     def close(self, timeout_s: float = 10.0) -> list[int]:
         """Flush what is pending for up to ``timeout_s``; returns unsent eval steps."""
+        self._deadline = time.monotonic() + timeout_s
         self._closing.set()
         self._wake.set()
-        self._thread.join(timeout_s)
+        self._thread.join(timeout_s + 1.0)
         unsent = self.pending_evals
         if unsent:
             log.warning("Redis unreachable: eval requests for steps %s not sent; the evaluator's "
@@ -102,6 +104,8 @@ class RedisLink:
                     self._down_since = time.monotonic()
                     log.warning("Redis unreachable (%s); training goes on, retrying with backoff", e)
                 self._backoff = min(MAX_BACKOFF_S, max(0.25, self._backoff * 2))
+            if closing and time.monotonic() >= self._deadline:
+                return  # give up; the reconciler covers unsent eval requests
             wait = self._backoff or self.poll_s
             if closing:
                 # While closing, retry quickly until close()'s timeout gives up on us.
