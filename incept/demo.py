@@ -111,8 +111,12 @@ def choose_data(data: Path | None, root: Path, console: Console) -> DemoData:
 
 def choose_weights(checkpoint: str | None, root: Path, console: Console) -> DemoWeights:
     if checkpoint:
-        console.print(f"weights: the Inception v4 checkpoint {checkpoint}")
-        return DemoWeights(str(checkpoint), "given")
+        prefix = Path(checkpoint).expanduser().resolve()
+        if not (prefix.is_file() or Path(f"{prefix}.index").is_file()):
+            raise UserError(f"CHECKPOINT={checkpoint}: no such checkpoint (expected a file, or a "
+                            f"prefix with {prefix.name}.index beside it)")
+        console.print(f"weights: the Inception v4 checkpoint {prefix}")
+        return DemoWeights(str(prefix), "given")
     found = _try_download("checkpoint", root / "pretrained", console)
     if found is not None:
         console.print(f"weights: the official Inception v4 checkpoint ({found})")
@@ -134,7 +138,7 @@ def demo_spec(data: DemoData, weights: DemoWeights) -> dict:
             "exclude_scopes": heads, "trainable_scopes": heads, "optimizer": "adam",
             "learning_rate": 0.001, "learning_rate_decay_factor": 0.76, "num_epochs_per_decay": 50,
             "moving_average_decay": 0.9999, "batch_size": 32, "epochs": 20,
-            "checkpoint_every_steps": 200, "keep_checkpoints": 10, "served_model_name": data.name,
+            "checkpoint_every_steps": 500, "keep_checkpoints": 10, "served_model_name": data.name,
         }
     generated = data.kind == "generated"
     return {
