@@ -184,3 +184,18 @@ def test_stopping_the_worker_checkpoints_and_queues_a_resume(data, redis_url, re
     assert json.loads(run.status.read_text())["preempted_at"] == saved
     assert Queue("train", connection=redis_conn).job_ids == [
         request_id("train", "stopme", "resume", saved)]
+
+
+def test_incept_train_runs_the_tiny_example_without_redis(data):
+    from incept.checkpoints import list_checkpoints, restore_for_inference
+
+    done = subprocess.run([*INCEPT, "train", str(REPO / "examples" / "tiny-synthetic.yaml"),
+                           "--job-id", "example", "--redis-url", "none"],
+                          env=_env(data, "redis://127.0.0.1:1/0"), cwd=REPO, capture_output=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    run = data.run("example")
+    assert json.loads(run.spec.read_text())["model_name"] == "tiny"
+    assert list_checkpoints(run) == [100, 200, 300]
+    assert restore_for_inference(run, layout=data).ema_applied
+    assert "succeeded at step 300/300" in done.stdout.decode()
