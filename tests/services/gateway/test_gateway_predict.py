@@ -178,3 +178,30 @@ def test_a_corrupt_image_fails_only_its_own_request(client, gateway, images):
         statuses = dict(pool.map(one, range(24)))
     assert {i for i, s in statuses.items() if s == 400} == {i for i in range(24) if i % 4 == 0}
     assert all(s == 200 for i, s in statuses.items() if i % 4)
+
+
+def test_no_servable_version_is_503_and_a_broken_export_is_not_served(make_gateway, layout, images):
+    import shutil
+    import time
+
+    import httpx
+
+    gw = make_gateway(model_poll_s=0.2)
+    (layout.models / "empty").mkdir(parents=True)
+    broken = layout.models / "flowers" / "2"
+    with httpx.Client(base_url=gw.url, timeout=60) as c:
+        r = c.post("/v1/models/empty:predict", json={"instances": [_b64(images[0])]})
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert "no servable version" in r.json()["detail"]
+        shutil.copytree(layout.models / "flowers" / "1", broken)
+        (broken / "saved_model.pb").write_bytes(b"not a protobuf")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            versions = c.get("/v1/models/flowers").json()["versions"]
+            if any(v["version"] == 2 for v in versions):
+                break
+            time.sleep(0.2)
+        assert {"version": 1, "state": "AVAILABLE", "error": ""} in versions
+        assert [v["state"] for v in versions if v["version"] == 2] == ["END"]
+        r = c.post("/v1/models/flowers:predict", json={"instances": [_b64(images[0])]})
+        assert r.status_code == 200 and r.json()["version"] == 1
