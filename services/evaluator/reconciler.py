@@ -24,6 +24,10 @@ from services.evaluator.locks import eval_lock_name, held_lock, is_locked, lock_
 log = logging.getLogger(__name__)
 
 RECONCILER_LOCK = "incept:lock:reconciler"
+# Requests the reconciler replaces (failed, abandoned, finished without a result)
+# per checkpoint before it records the checkpoint as failed and stops asking.
+MAX_REDOS = 3
+REDO_COUNTER_TTL_S = 7 * 24 * 3600
 _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
@@ -68,12 +72,33 @@ def reconcile(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
                     if status in _WAITING or (status == JobStatus.STARTED and not _abandoned(request)):
                         continue
                     # Finished without a result (it found the checkpoint busy, and that
-                    # worker died), failed, or abandoned: replace it with a fresh request.
+                    # worker died), failed, or abandoned: replace it with a fresh request,
+                    # a bounded number of times.
+                    if _redos_exhausted(conn, run, step, status):
+                        continue
                     request.delete()
                 if enqueue_eval(conn, run.job_id, step):
                     log.info("reconciler: asked for an evaluation of %s step %d", run.job_id, step)
                     asked.append((run.job_id, step))
     return asked
+
+
+def _redos_exhausted(conn: redis.Redis, run, step: int, status) -> bool:
+    from incept.fsutil import write_json_atomic
+    from services.evaluator.evaluate import error_record_path
+
+    key = f"incept:eval-redos:{run.job_id}:{int(step)}"
+    redos = conn.incr(key)
+    conn.expire(key, REDO_COUNTER_TTL_S)
+    if redos <= MAX_REDOS:
+        return False
+    reason = (f"gave up after {MAX_REDOS} repeated requests (last one {status}); "
+              "see the evaluator's log")
+    log.error("reconciler: job %s step %d: %s", run.job_id, step, reason)
+    write_json_atomic(error_record_path(run, step),
+                      {"job_id": run.job_id, "step": int(step), "error": reason,
+                       "failed_at": time.time()})
+    return True
 
 
 class Reconciler(threading.Thread):

@@ -42,3 +42,19 @@ def test_one_pass(layout, redis_conn, writer):
     job.set_status("finished")
     assert sorted(reconcile(layout, redis_conn)) == [("rec", 3), ("rec", 4)]
     assert Job.fetch(eval_request_id("rec", 3), connection=redis_conn).get_status() == "queued"
+
+
+def test_gives_up_after_repeated_failures(layout, redis_conn, writer):
+    from services.evaluator.reconciler import MAX_REDOS
+
+    for step in (1, 2, 3, 4):
+        write_json_atomic(writer.run.eval_result(step), {"step": step, "accuracy": 0.5})
+    assert reconcile(layout, redis_conn) == [("rec", 5)]
+    for _ in range(MAX_REDOS):
+        Job.fetch(eval_request_id("rec", 5), connection=redis_conn).set_status("failed")
+        assert reconcile(layout, redis_conn) == [("rec", 5)]
+    Job.fetch(eval_request_id("rec", 5), connection=redis_conn).set_status("failed")
+    assert reconcile(layout, redis_conn) == []
+    record = error_record_path(writer.run, 5).read_text()
+    assert "gave up after" in record
+    assert reconcile(layout, redis_conn) == []
