@@ -126,7 +126,10 @@ def _set_trainable(model: keras.Model, scopes) -> None:
 
 
 def _restore_newest(checkpoint: tf.train.Checkpoint, run, reporter: Reporter) -> int | None:
-    for step in reversed(list_checkpoints(run)):
+    """The step restored, or None for a fresh job. Checkpoints that all fail to
+    restore stop the job: training from scratch would rotate them away."""
+    steps = list_checkpoints(run)
+    for step in reversed(steps):
         prefix = checkpoint_prefix(run, step)
         try:
             checkpoint.read(str(prefix)).assert_existing_objects_matched()
@@ -134,6 +137,10 @@ def _restore_newest(checkpoint: tf.train.Checkpoint, run, reporter: Reporter) ->
         except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as e:
             reporter.error(f"CHECKPOINT {prefix.name} OF JOB {run.job_id} IS CORRUPT "
                            f"({str(e).splitlines()[0][:200]}); falling back to the one before")
+    if steps:
+        raise UserError(f"none of the checkpoints {steps} of job {run.job_id} can be restored "
+                        "into the model its spec describes (a changed spec, or mixed_precision "
+                        "resolved differently on this machine: set it explicitly in the spec)")
     return None
 
 

@@ -181,3 +181,16 @@ def test_inception_v4_head_only_job(data):
         assert cached["aux_pre_logits"].shape[1:] == (768,)
     restored = restore_for_inference(run, layout=data)
     assert restored.ema_applied and restored.model.output["logits"].shape[-1] == 3
+
+
+def test_unrestorable_checkpoints_stop_the_job_instead_of_being_overwritten(data):
+    from incept.checkpoints import list_checkpoints
+    from incept.errors import UserError
+    from incept.training.trainer import train
+
+    run, _ = make_run(data, "changed", max_steps=20)
+    train("changed", data)
+    make_run(data, "changed", max_steps=40, optimizer="momentum")  # other optimizer state
+    with pytest.raises(UserError, match="can be restored"):
+        train("changed", data)
+    assert list_checkpoints(run) == [20]
