@@ -121,6 +121,36 @@ class BodyLimit:
                         response = _error(413, f"the request body is larger than {limit} bytes")
                         await response(scope, receive, send)
                         return
+            received = 0
+            rejected = False
+            started = False
+
+            async def guarded_send(message):
+                nonlocal started
+                if rejected:
+                    return  # the 413 has been sent; whatever the app says is dropped
+                started |= message["type"] == "http.response.start"
+                await send(message)
+
+            async def counting_receive():
+                # A chunked body has no Content-Length: count what arrives, and past
+                # the limit answer 413 here and tell the app the client went away.
+                nonlocal received, rejected
+                if rejected:
+                    return {"type": "http.disconnect"}
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        if not started:
+                            await _error(413, f"the request body is larger than {limit} bytes")(
+                                scope, receive, send)
+                        rejected = True
+                        return {"type": "http.disconnect"}
+                return message
+
+            await self.app(scope, counting_receive, guarded_send)
+            return
         await self.app(scope, receive, send)
 
 

@@ -105,6 +105,15 @@ def test_submit_bad_specs(client, auth, layout, dataset, tmp_path):
     assert r.status_code == 422 and "problems" in r.json()
     r = client.post("/v1/jobs", json={"dataset": "flowers"}, headers=auth)
     assert len(r.json()["problems"]) >= 1
+
+    def chunked_spec():  # no Content-Length; still bounded by INCEPT_MAX_BODY_BYTES
+        yield b'{"dataset": "flowers", "pad": "'
+        for _ in range(25):
+            yield b"x" * 1024 * 1024
+        yield b'"}'
+
+    r = client.post("/v1/jobs", content=chunked_spec(), headers={**auth, "Content-Type": "application/json"})
+    assert r.status_code == 413 and "larger than" in r.text
     assert list(layout.runs.iterdir()) == []  # nothing half-created
 
 
