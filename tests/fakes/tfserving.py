@@ -10,6 +10,7 @@ by running the real exported SavedModel (the newest version under
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import threading
@@ -219,3 +220,35 @@ class FakeTFServing:
         self.grpc_server.stop(grace=None)
         self.rest_server.shutdown()
         self.rest_server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run it as a process with tensorflow_model_server's flag names, e.g.
+    ``python -m tests.fakes.tfserving --port=8500 --rest_api_port=8501 --model_base_path=models``
+    (every model folder under the base path is served)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8500)
+    parser.add_argument("--rest_api_port", type=int, default=8501)
+    parser.add_argument("--model_base_path", type=Path, required=True,
+                        help="folder holding <name>/<version>/ SavedModels")
+    args = parser.parse_args(argv)
+    server = FakeTFServing(args.model_base_path, grpc_port=args.port)
+    server.rest_server.server_close()
+    server.rest_server = ThreadingHTTPServer(("127.0.0.1", args.rest_api_port), _rest_handler(server.models))
+    server.rest_port = args.rest_api_port
+    server.start()
+    print(f"serving {', '.join(server.models.models)} on gRPC {server.grpc_target} and "
+          f"REST {server.rest_url}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
