@@ -97,3 +97,37 @@ def test_bad_image_through_grpc_is_400(make_gateway, tfserving, images):
     gw = make_gateway(predict_backend="grpc", tfserving_grpc=tfserving.grpc_target)
     r = _predict(gw.url, [images[0][:100]])
     assert r.status_code == 400 and "cannot be decoded" in r.text
+
+
+def test_tfserving_double_runs_as_a_process(exported_models, images):
+    """The double as a process, with tensorflow_model_server's flags, spoken to with
+    tensorflow-serving-api's own stub."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from incept.redis_server import free_port
+
+    grpc_port, rest_port = free_port(), free_port()
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fakes.tfserving", f"--port={grpc_port}",
+                             f"--rest_api_port={rest_port}", f"--model_base_path={exported_models}"],
+                            cwd=root, stdout=subprocess.PIPE, text=True)
+    try:
+        assert "serving" in proc.stdout.readline()
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = "flowers"
+        request.inputs["images"].CopyFrom(tf.make_tensor_proto(images[:2], dtype=tf.string))
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+        assert tf.make_ndarray(response.outputs["probabilities"]).shape == (2, 3)
+        assert response.model_spec.version.value == 1
+        r = httpx.get(f"http://127.0.0.1:{rest_port}/v1/models/flowers", timeout=30)
+        assert r.json()["model_version_status"][0]["state"] == "AVAILABLE"
+    finally:
+        proc.terminate()
+        proc.wait(30)
