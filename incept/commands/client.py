@@ -157,6 +157,7 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
                         TextColumn("loss {task.fields[loss]}  {task.fields[ips]} img/s"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     state = job.get("state")
+    printed: set = set()
     with progress:
         task = progress.add_task("train", total=total, completed=job.get("step") or 0, job=job_id,
                                  loss=_fmt(job.get("loss")), ips=_fmt(job.get("images_per_sec"), ".0f"))
@@ -175,6 +176,7 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
             elif event.type == "checkpoint":
                 progress.console.print(f"  checkpoint at step {data.get('step')}")
             elif event.type == "eval":
+                printed.add(data.get("step"))
                 progress.console.print(
                     f"  evaluated step {data.get('step')}: accuracy {_fmt(data.get('accuracy'), '.3f')}"
                     f"  recall@5 {_fmt(data.get('recall_at_5'), '.3f')}  loss {_fmt(data.get('loss'))}")
@@ -191,28 +193,30 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
     job = client.job(job_id)
     state = job.get("state", state)
     if state == "succeeded":
-        job = wait_final_evaluation(client, job_id, console)
+        job = wait_final_evaluation(client, job_id, console, printed)
     console.print(f"{job_id}: {state}" + (f" — {job['error']}" if job.get("error") else ""))
     return 0 if state == "succeeded" else 1
 
 
-def wait_final_evaluation(client: GatewayClient, job_id: str, console, timeout_s: float = 600.0) -> dict:
+def wait_final_evaluation(client: GatewayClient, job_id: str, console, printed: set,
+                          timeout_s: float = 600.0) -> dict:
     """Training is over; the evaluator may still be busy with the last checkpoints.
-    Print their results as they arrive, until the final checkpoint's is in."""
+    Print the results not shown yet as they arrive, until the final checkpoint's is in."""
     import time
 
     job = client.job(job_id)
-    shown = {e.get("step") for e in evaluations_of(job)}
+    shown = set(printed)
     final = job.get("last_checkpoint_step") or job.get("step")
     deadline = time.monotonic() + timeout_s
-    if final not in shown:
+    if final not in {e.get("step") for e in evaluations_of(job)}:
         console.print(f"  waiting for the evaluation of the final checkpoint (step {final}) ...")
-    while final not in shown and time.monotonic() < deadline:
-        time.sleep(1.0)
-        job = client.job(job_id)
+    while True:
         for e in evaluations_of(job):
             if e.get("step") not in shown:
                 shown.add(e.get("step"))
                 console.print(f"  evaluated step {e.get('step')}: accuracy {_fmt(e.get('accuracy'), '.3f')}"
                               f"  recall@5 {_fmt(e.get('recall_at_5'), '.3f')}  loss {_fmt(e.get('loss'))}")
-    return job
+        if final in shown or time.monotonic() > deadline:
+            return job
+        time.sleep(1.0)
+        job = client.job(job_id)

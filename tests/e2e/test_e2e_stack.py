@@ -162,6 +162,13 @@ def test_stack_is_up_healthy_and_protected(e2e):
     # The CLI client finds the local stack's URL and token by itself.
     status = incept("status", "--data-root", str(e2e.root), env=e2e.env)
     assert status.returncode == 0, status.stderr
+    # A bad spec is refused before anything is sent, every problem listed, no trace.
+    bad = e2e.root.parent / "bad.yaml"
+    bad.write_text("dataset: shapes\nmodel_name: nope\nbatch_size: 0\n")
+    refused_spec = incept("submit", str(bad), "--data-root", str(e2e.root), env=e2e.env)
+    assert refused_spec.returncode == 2
+    assert "model_name" in refused_spec.stderr and "batch_size" in refused_spec.stderr
+    assert "Traceback" not in refused_spec.stderr
 
 
 def test_pipeline_over_http(e2e, tmp_path):
@@ -412,8 +419,12 @@ def test_down_then_up_again_resumes_and_keeps_everything(e2e):
     for other, other_state in listed.items():
         if other != job_id:
             assert e2e.job(other)["state"] == other_state
-    job = e2e.wait_for(f"{job_id} to finish after the restart", lambda: (
-        (x := e2e.job(job_id))["state"] in TERMINAL_STATES and x), timeout_s=2 * WAIT_S)
+    # Follow it live with the CLI client until it ends.
+    watch = incept("watch", job_id, "--data-root", str(e2e.root), env=e2e.env, timeout=2 * WAIT_S)
+    assert watch.returncode == 0, watch.stdout + watch.stderr
+    assert "checkpoint at step" in watch.stdout and "state: succeeded" in watch.stdout
+    assert f"evaluated step {SPEC['max_steps']}" in watch.stdout  # it waits for the last result
+    job = e2e.job(job_id)
     assert job["state"] == "succeeded" and job["step"] == SPEC["max_steps"]
     # It went on from where it stopped: progress never went back.
     assert 0 < stopped_at < SPEC["max_steps"]
