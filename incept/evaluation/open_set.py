@@ -31,6 +31,8 @@ import tensorflow as tf
 from scipy.stats import rankdata
 
 SCORES = ("mahalanobis", "energy", "max_softmax")
+# Scores computed from the logits alone: nothing to fit on the training split.
+LOGIT_SCORES = ("energy", "max_softmax")
 DEFAULT_SCORE = "energy"
 # Keep this share of in-distribution validation images (threshold calibration).
 DEFAULT_TPR = 0.95

@@ -36,10 +36,12 @@ class Blessing:
     compute_s: float = 0.0
 
     def fields(self) -> dict:
-        return {"blessed": self.blessed, "bless_reason": self.reason,
-                "exported_version": self.version,
-                "served_model": self.model_name if self.version is not None else None,
-                "ood": self.ood}
+        out = {"blessed": self.blessed, "bless_reason": self.reason,
+               "exported_version": self.version,
+               "served_model": self.model_name if self.version is not None else None}
+        if self.ood is not None:
+            out["ood"] = self.ood
+        return out
 
 
 def best_so_far(run: RunLayout) -> dict | None:
@@ -83,7 +85,8 @@ def decide(accuracy: float, best: dict | None, threshold: float | None) -> tuple
 
 def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *, validation,
                      dataset_dir: Path, keep_versions: int | None, batch_size: int,
-                     forward=None) -> Blessing:
+                     forward=None, open_set=None) -> Blessing:
+    """``open_set``: an already calibrated (OpenSetScore, record), else it is fitted here."""
     from incept.evaluation.open_set import fit_open_set
 
     spec = restored.spec
@@ -99,7 +102,7 @@ def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *, 
                  result["step"], model_name, version)
         return Blessing(True, reason, model_name, version, manifest.get("ood_calibration"))
     started = time.perf_counter()
-    ood, calibration = fit_open_set(
+    ood, calibration = open_set or fit_open_set(
         restored.model, dataset_dir, image_size=result["image_size"],
         num_classes=len(restored.class_names), validation=validation, batch_size=batch_size,
         forward=forward)

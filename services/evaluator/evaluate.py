@@ -123,6 +123,7 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
     from incept.checkpoints import restore_for_inference
     from incept.data.dataset import DatasetInfo
     from incept.evaluation.metrics import classification_metrics, forward_fn, run_split
+    from incept.evaluation.open_set import DEFAULT_SCORE, LOGIT_SCORES, fit_open_set
 
     job_id = run.job_id
     started = time.perf_counter()
@@ -140,10 +141,16 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
     validation = run_split(restored.model, dataset_dir, "validation", image_size=image_size,
                            batch_size=batch_size, forward=forward)
     metrics = classification_metrics(validation.logits, validation.labels, restored.class_names)
+    open_set = None
+    if DEFAULT_SCORE in LOGIT_SCORES:
+        # Calibrating a logit-based score costs nothing more: record it for every checkpoint.
+        open_set = fit_open_set(restored.model, dataset_dir, image_size=image_size,
+                                num_classes=len(restored.class_names), validation=validation)
     compute_s = time.perf_counter() - started
 
     result = {
         "job_id": job_id, "step": step, **metrics, "class_names": list(restored.class_names),
+        "ood": open_set[1] if open_set else None,
         "ema": restored.ema_applied, "dataset_fingerprint": info.fingerprint,
         "model_name": spec.model_name, "image_size": image_size,
     }
@@ -155,7 +162,8 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
         best = best_so_far(run)
         blessing = bless_and_export(
             layout, run, restored, result, validation=validation, dataset_dir=dataset_dir,
-            keep_versions=keep_versions, batch_size=batch_size, forward=forward)
+            keep_versions=keep_versions, batch_size=batch_size, forward=forward,
+            open_set=open_set)
         result.update(blessing.fields())
         result["evaluated_at"] = time.time()
         result["compute_s"] = compute_s + blessing.compute_s

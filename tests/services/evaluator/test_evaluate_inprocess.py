@@ -11,6 +11,7 @@ import tensorflow as tf
 from evaluator_helpers import RunWriter, make_dataset, validation_images
 
 from incept.data.dataset import DatasetInfo
+from incept.evaluation.open_set import DEFAULT_SCORE
 from incept.export import list_versions, read_manifest
 from incept.jobstate import JobState
 from services.evaluator.evaluate import EvaluationFailed, evaluate_checkpoint
@@ -77,6 +78,9 @@ def test_not_better_is_not_exported(layout, redis_conn, dataset):
     result = json.loads(writer.run.eval_result(step).read_text())
     assert not result["blessed"] and result["exported_version"] is None
     assert "bless_threshold" in result["bless_reason"]
+    # The open-set calibration is recorded for every checkpoint, blessed or not.
+    assert result["ood"]["score_name"] == DEFAULT_SCORE and result["ood"]["tpr"] >= 0.95
+    assert result["ood"]["calibrated_on"] == result["num_images"]
     assert list_versions(layout.model("flowers")) == []
 
 
