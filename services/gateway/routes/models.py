@@ -36,7 +36,7 @@ async def list_models(layout: LayoutDep, backend: BackendDep):
     for name in model_names(layout):
         try:
             out.append(await _model_out(name, layout, backend))
-        except ModelNotFound:
+        except ApiError:  # not loaded there, or TF Serving down: still list what is on disk
             out.append({"name": name, "versions_on_disk": servable_versions(layout.models / name),
                         "versions": [], "backend": backend.name})
     return {"models": out}

@@ -70,6 +70,8 @@ def test_backend_down_gives_503_with_retry_after(make_gateway, backend, images):
     with httpx.Client(base_url=gw.url, timeout=60) as c:
         assert c.get("/readyz").status_code == 503
         assert c.get("/v1/models/flowers").status_code == 503
+        listed = c.get("/v1/models").json()["models"]  # the list still shows what is on disk
+        assert {m["name"]: m["versions_on_disk"] for m in listed}["flowers"] == [1]
         metrics = c.get("/metrics").text
     assert f'incept_backend_errors_total{{backend="{backend}"' in metrics
 
