@@ -247,17 +247,38 @@ def _show_predictions(client: GatewayClient, model: str, data: DemoData, console
                       f"{top[0].get('score', 0):.2f}{verdict}")
 
 
-def run_demo(url: str, token: str | None, root: Path, *, data: Path | None = None,
-             checkpoint: str | None = None, console: Console | None = None) -> str | None:
-    """Run (or follow again) the demo job; returns its id."""
+@dataclass
+class DemoPlan:
+    data: DemoData
+    weights: DemoWeights
+    spec: dict
+
+    @property
+    def key(self) -> str:
+        """Same data and spec as last time: the same job."""
+        return hashlib.sha1(json.dumps([str(self.data.source), self.spec], sort_keys=True)
+                            .encode()).hexdigest()
+
+
+def plan_demo(root: Path, *, data: Path | None = None, checkpoint: str | None = None,
+              console: Console | None = None) -> DemoPlan:
+    """Choose (and announce) data, weights and spec; bad DATA=/CHECKPOINT= values
+    are refused here, before any process starts."""
+    console = console or Console()
+    root = Path(root).resolve()
+    chosen_data = choose_data(data, root, console)
+    weights = choose_weights(checkpoint, root, console)
+    return DemoPlan(chosen_data, weights, demo_spec(chosen_data, weights))
+
+
+def run_demo(url: str, token: str | None, root: Path, plan: DemoPlan,
+             console: Console | None = None) -> str | None:
+    """Run (or follow again) the demo job over HTTP; returns its id."""
     from incept.commands.client import watch
 
     console = console or Console()
     paths = StackPaths(Path(root).resolve())
-    chosen_data = choose_data(data, paths.root, console)
-    weights = choose_weights(checkpoint, paths.root, console)
-    spec = demo_spec(chosen_data, weights)
-    key = hashlib.sha1(json.dumps([str(chosen_data.source), spec], sort_keys=True).encode()).hexdigest()
+    chosen_data, spec, key = plan.data, plan.spec, plan.key
     with GatewayClient(url, token) as client:
         job_id = _remembered_job(paths, key)
         job = None

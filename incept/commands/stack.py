@@ -18,6 +18,7 @@ import sys
 import threading
 from pathlib import Path
 
+from incept.errors import UserError
 from incept.stack import (
     HEALTH_TIMEOUT_S,
     Stack,
@@ -111,16 +112,23 @@ def _up_foreground(args: argparse.Namespace, root: Path) -> int:
     stop_event = threading.Event()
     console.print(f"[bold]incept[/]: starting Redis, the evaluator, a trainer and the gateway "
                   f"(data root {root}, logs in {stack.paths.logs}/)")
+    plan = None
+    if not args.no_demo:
+        from incept.demo import plan_demo
+
+        plan = plan_demo(root, data=args.data, checkpoint=args.checkpoint, console=console)
     try:
         stack.start()
         console.print(f"[green]ready[/]: gateway at [bold]{stack.url}[/]  API token: {stack.token}")
         threading.Thread(target=stack.supervise, args=(stop_event,), name="supervise",
                          daemon=True).start()
-        if not args.no_demo:
+        if plan is not None:
             from incept.demo import run_demo
 
-            run_demo(stack.url, stack.token, root, data=args.data, checkpoint=args.checkpoint,
-                     console=console)
+            try:
+                run_demo(stack.url, stack.token, root, plan, console=console)
+            except UserError as e:  # the stack itself is fine: keep serving
+                console.print(f"[red]the demo job did not complete[/]: {e}")
         console.print(f"serving at [bold]{stack.url}[/] — press Ctrl-C to stop "
                       "(everything is kept; the next 'make up' resumes)")
         stop_event.wait()

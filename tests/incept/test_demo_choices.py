@@ -54,3 +54,16 @@ def test_every_demo_spec_is_a_valid_job_spec(tmp_path, kind, checkpoint):
         # Random initialisation on a CPU: the tiny net, small images, a few minutes.
         assert spec.model_name == "tiny" and spec.resolved_image_size() <= 64
     assert spec.serving_name() == "photos"
+
+
+def test_incept_up_refuses_bad_data_before_starting_anything(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "var"
+    result = subprocess.run([sys.executable, "-m", "incept.cli", "up", "--port", "0", "--data-root",
+                             str(root), "--data", str(tmp_path / "missing")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "no class folders" in result.stderr and "Traceback" not in result.stderr
+    assert not (root / "stack" / "state.json").exists() and not (root / "redis").exists()
