@@ -49,6 +49,9 @@ def workers(layout, redis_url, tmp_path):
     yield start
     for proc in procs:
         stop(proc)
+    # Shown by pytest only when the test failed.
+    for log in sorted(tmp_path.glob("*.log")):
+        print(f"--- {log.name} ---\n{log.read_text(errors='replace')[-6000:]}")
 
 
 def results(run) -> list[str]:
