@@ -99,19 +99,21 @@ def evaluations_of(job: dict) -> list[dict]:
 
 
 def jobs_table(jobs: list[dict]):
+    import time
+
     from rich.table import Table
 
     table = Table(title="jobs")
-    for col in ("job", "state", "step", "loss", "best accuracy", "versions", "model"):
-        table.add_column(col)
+    table.add_column("job", no_wrap=True)
+    for col in ("state", "step", "best accuracy", "model", "created"):
+        table.add_column(col, no_wrap=col in ("model", "created"))
     for job in jobs:
         best = job.get("best") or {}
-        step = f"{job.get('step', '-')}/{job.get('max_steps', '-')}"
-        versions = job.get("exported_versions") or []
+        step = f"{job.get('step') or 0}/{job.get('max_steps') or '-'}"
+        created = job.get("created_at")
         table.add_row(str(job.get("job_id") or job.get("id")), str(job.get("state", "-")), step,
-                      _fmt(job.get("loss")), _fmt(best.get("accuracy"), ".3f"),
-                      ",".join(str(v) for v in versions) or "-",
-                      str(job.get("model_name") or job.get("served_model") or "-"))
+                      _fmt(best.get("accuracy"), ".3f"), str(job.get("model_name") or "-"),
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) if created else "-")
     return table
 
 
@@ -122,8 +124,9 @@ def job_panel(job: dict):
     head = Table.grid(padding=(0, 2))
     for key in ("job_id", "state", "step", "max_steps", "loss", "learning_rate", "images_per_sec",
                 "eta_s", "last_checkpoint_step", "model_name", "exported_versions", "error"):
-        if job.get(key) not in (None, "", []):
-            head.add_row(key, str(job[key]))
+        value = job.get(key)
+        if value not in (None, "", []):
+            head.add_row(key, _fmt(value) if isinstance(value, float) else str(value))
     best = job.get("best") or {}
     if best:
         head.add_row("best", f"step {best.get('step')} accuracy {_fmt(best.get('accuracy'), '.3f')}")
