@@ -155,12 +155,36 @@ def demo_spec(data: DemoData, weights: DemoWeights) -> dict:
 # Over HTTP
 
 
-def upload_dataset(client: GatewayClient, data: DemoData, console: Console,
+UPLOAD_LIMIT_BYTES = 1024**3  # below the gateway's default upload limit (2 GiB)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def convert_locally(data: DemoData, root: Path) -> None:
+    import subprocess
+    import sys
+
+    from incept.layout import Layout
+
+    out = Layout(root).dataset(data.name)
+    result = subprocess.run([sys.executable, "-m", "incept.cli", "convert", str(data.source),
+                             "--out", str(out), "--no-progress"])
+    if result.returncode != 0:
+        raise UserError(f"converting {data.source} failed (exit code {result.returncode})")
+
+
+def upload_dataset(client: GatewayClient, data: DemoData, console: Console, root: Path,
                    timeout_s: float = 3600.0) -> dict:
     """Upload the class folders as a tar.gz (unless the gateway has the dataset
     already) and wait until the gateway's conversion job has finished."""
     info = client.dataset(data.name)
-    if info is None or info.get("state") == "failed":
+    if info is None and _folder_bytes(data.source) > UPLOAD_LIMIT_BYTES:
+        # Too big for one upload: convert in place, as `incept convert` does.
+        console.print(f"converting {data.source} (too big to upload) into dataset '{data.name}' ...")
+        convert_locally(data, root)
+    elif info is None or info.get("state") == "failed":
         console.print(f"uploading {data.source} as dataset '{data.name}' ...")
         with tempfile.TemporaryDirectory() as tmp:
             archive = Path(tmp) / f"{data.name}.tar.gz"
@@ -286,7 +310,7 @@ def run_demo(url: str, token: str | None, root: Path, plan: DemoPlan,
             with contextlib.suppress(GatewayError):
                 job = client.job(job_id)
         if job is None:
-            upload_dataset(client, chosen_data, console)
+            upload_dataset(client, chosen_data, console, paths.root)
             created = client.submit(spec)
             job_id = created["job_id"]
             write_json_atomic(paths.demo_file, {"key": key, "job_id": job_id, "spec": spec})
