@@ -245,7 +245,8 @@ class Stack:
             "INCEPT_REDIS_URL": self.redis_url,
             "INCEPT_HOST": self.host,
             "INCEPT_PORT": str(self.port),
-            "INCEPT_API_TOKENS": self.token or "",
+            # The user's own token list (if any) includes self.token; keep all of it.
+            "INCEPT_API_TOKENS": os.environ.get("INCEPT_API_TOKENS", "").strip() or self.token or "",
             "INCEPT_PREDICT_BACKEND": "inprocess",
             "INCEPT_LAUNCHER": "local",
             "PYTHONUNBUFFERED": "1",
