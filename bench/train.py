@@ -224,7 +224,7 @@ def memory(root: Path, model: str, size: int, small: int, large: int, source: Pa
 def main() -> int:
     parser = bench_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=None,
-                        help="images for the head-only measurement (default 400, --quick 48)")
+                        help="images for the head-only measurement (default 400, --quick 80)")
     parser.add_argument("--data-dir", type=Path, default=None, help="class folders of real photos")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     # Internal: one measured trainer process.
@@ -239,7 +239,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="incept-bench-train-"))
     try:
-        images = args.images or (48 if args.quick else 400)
+        images = args.images or (80 if args.quick else 400)
         print("== head-only fine-tuning vs one forward pass", flush=True)
         head_only(work / "heads", images, args.data_dir, 299)
         print("== full fine-tuning vs keras.Model.fit", flush=True)
