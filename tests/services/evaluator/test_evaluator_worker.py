@@ -25,6 +25,7 @@ from evaluator_helpers import (
     worker_env,
 )
 from rq import Queue, Worker
+from rq.job import Job
 
 from incept.export import list_versions, read_manifest
 from incept.jobstate import JobState
@@ -176,10 +177,22 @@ def test_two_workers_never_export_the_same_version(layout, redis_conn, dataset, 
     workers("ev2", "--no-reconciler")
     wait_for(lambda: len(Worker.all(queue=Queue(EVAL_QUEUE, connection=redis_conn))) == 2, 120,
              "both workers to listen")
+    # Hold every job's bless lock so each worker stops mid-evaluation on one job;
+    # releasing them together makes both workers export into "shared" at once.
+    blockers = [redis_conn.lock(job_lock_name(job), timeout=600) for job in jobs]
+    assert all(b.acquire(blocking=False) for b in blockers)
     for job in jobs:
         assert enqueue_eval(redis_conn, job, 1)
+    busy = wait_for(lambda: [j for j in jobs if redis_conn.exists(eval_lock_name(j, 1))]
+                    if sum(bool(redis_conn.exists(eval_lock_name(j, 1))) for j in jobs) == 2
+                    else None, 120, "both workers to be mid-evaluation")
+    for b in blockers:
+        b.release()
     for job in jobs:
         wait_for(lambda j=job: runs[j].eval_result(1).exists(), 180, f"eval of {job}")
+    by_worker = {j: Job.fetch(eval_request_id(j, 1), connection=redis_conn).worker_name
+                 for j in busy}
+    assert sorted(by_worker.values()) == ["ev1", "ev2"]
     versions = list_versions(layout.model("shared"))
     assert versions == [1, 2, 3, 4]
     owners = {read_manifest(layout.model("shared") / str(v))["job_id"] for v in versions}
