@@ -2,10 +2,11 @@
 
 - ``TF_CONFIG`` set (any cluster spec with more than one task): MultiWorkerMirroredStrategy.
 - A Kubernetes Indexed Job: ``JOB_COMPLETION_INDEX`` (set by Kubernetes) plus
-  ``INCEPT_WORKER_HOSTS`` (comma-separated stable host names of the pods behind
-  a headless Service, e.g. ``incept-train-x-0.incept-train-x,incept-train-x-1.incept-train-x``)
-  and ``INCEPT_WORKER_PORT`` (default 12345): ``TF_CONFIG`` is built from them,
-  worker index = completion index, worker 0 is the chief.
+  ``Settings.worker_hosts`` / ``INCEPT_WORKER_HOSTS`` (comma-separated stable host
+  names of the pods behind a headless Service, e.g.
+  ``incept-train-x-0.incept-train-x,incept-train-x-1.incept-train-x``) and
+  ``Settings.worker_port`` / ``INCEPT_WORKER_PORT`` (default 12345): ``TF_CONFIG``
+  is built from them, worker index = completion index, worker 0 is the chief.
 - Otherwise MirroredStrategy over the local GPUs when there are several, else
   the default (no-op) strategy.
 
@@ -19,16 +20,13 @@ import os
 
 import tensorflow as tf
 
-DEFAULT_WORKER_PORT = 12345
 
-
-def tf_config_from_indexed_job(env=os.environ) -> dict | None:
-    hosts = [h.strip() for h in env.get("INCEPT_WORKER_HOSTS", "").split(",") if h.strip()]
-    index = env.get("JOB_COMPLETION_INDEX")
-    if not hosts or index is None or len(hosts) < 2:
+def tf_config_from_indexed_job(hosts: str, port: int, index: str | None) -> dict | None:
+    """TF_CONFIG for worker ``index`` of the comma-separated ``hosts`` (None: not a cluster)."""
+    names = [h.strip() for h in hosts.split(",") if h.strip()]
+    if index is None or len(names) < 2:
         return None
-    port = int(env.get("INCEPT_WORKER_PORT", DEFAULT_WORKER_PORT))
-    workers = [h if ":" in h else f"{h}:{port}" for h in hosts]
+    workers = [h if ":" in h else f"{h}:{port}" for h in names]
     return {"cluster": {"worker": workers}, "task": {"type": "worker", "index": int(index)}}
 
 
@@ -36,9 +34,13 @@ def cluster_size(tf_config: dict) -> int:
     return sum(len(v) for v in tf_config.get("cluster", {}).values())
 
 
-def make_strategy(env=os.environ) -> tf.distribute.Strategy:
-    if "TF_CONFIG" not in env:
-        built = tf_config_from_indexed_job(env)
+def make_strategy() -> tf.distribute.Strategy:
+    if "TF_CONFIG" not in os.environ:
+        from incept.settings import get_settings
+
+        settings = get_settings()
+        built = tf_config_from_indexed_job(settings.worker_hosts, settings.worker_port,
+                                           os.environ.get("JOB_COMPLETION_INDEX"))
         if built is not None:
             os.environ["TF_CONFIG"] = json.dumps(built)
     raw = os.environ.get("TF_CONFIG")
