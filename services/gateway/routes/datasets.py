@@ -34,7 +34,7 @@ ARCHIVE_TYPES = ("application/zip", "application/x-tar", "application/gzip",
                  "application/x-gzip", "application/octet-stream")
 
 
-def _conversion_state(conn: redis.Redis, name: str) -> tuple[str | None, str | None]:
+def conversion_state(conn: redis.Redis, name: str) -> tuple[str | None, str | None]:
     try:
         status = request_status(conn, conversion_request_id(name))
     except redis.RedisError:
@@ -67,7 +67,7 @@ def _dataset(layout, conn, name: str) -> dict | None:
         return {"name": name, "state": "ready", "class_names": names,
                 "num_classes": info.get("num_classes") or (len(names) if names else None),
                 "counts": info.get("counts") or info.get("num_examples")}
-    state, error = _conversion_state(conn, name)
+    state, error = conversion_state(conn, name)
     if state is None:
         return None
     return {"name": name, "state": "converting" if state == "ready" else state, "error": error}
@@ -133,7 +133,7 @@ async def upload_dataset(
                        status_code=415)
     if layout.dataset(name).exists():
         raise Conflict(f"dataset {name!r} already exists")
-    state, _ = await run_in_threadpool(_conversion_state, conn, name)
+    state, _ = await run_in_threadpool(conversion_state, conn, name)
     if state == "converting":
         raise Conflict(f"dataset {name!r} is already being converted")
 

@@ -25,8 +25,10 @@ from services.gateway.deps import (
     JobStateDep,
     LauncherDep,
     LayoutDep,
+    RedisDep,
 )
 from services.gateway.errors import ApiError, Conflict, NotFound
+from services.gateway.routes.datasets import conversion_state
 from services.gateway.schemas import ErrorBody, JobCreated, JobDetail, JobList
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=Authorized,
@@ -58,12 +60,18 @@ def _get_job(layout, state, job_id: str, *, full: bool) -> dict:
              responses={400: {"model": ErrorBody}, 422: {"model": ErrorBody},
                         503: {"model": ErrorBody}})
 def submit_job(request: Request, layout: LayoutDep, state: JobStateDep, launcher: LauncherDep,
+               conn: RedisDep,
                spec: Annotated[dict[str, Any], Body(description="A job spec (incept.spec.JobSpec).")]):
     job_spec = parse_spec(spec)
     try:
         dataset_dir = job_spec.dataset_dir(layout)
     except ValueError as e:
         raise ApiError(f"dataset: {e}") from None
+    if not dataset_dir.is_dir() and dataset_dir.parent == layout.datasets:
+        converting, _ = conversion_state(conn, dataset_dir.name)
+        if converting == "converting":
+            raise Conflict(f"dataset {dataset_dir.name!r} is still being converted; submit the job "
+                           f"when GET /v1/datasets/{dataset_dir.name} says ready")
     if not dataset_dir.is_dir():
         raise ApiError(f"dataset {job_spec.dataset!r} is not a known dataset "
                        f"(no folder {dataset_dir.relative_to(layout.root)} in the data root)")

@@ -211,12 +211,15 @@ def test_dataset_upload_is_converted_by_a_queued_job(client, auth, layout, redis
     assert sorted(p.name for p in Path(source).iterdir()) == ["daisy", "dandelion"]
     # The client's file name is never used: only random names under uploads/.
     assert not list(layout.uploads.glob("*.archive"))
+    r = client.post("/v1/jobs", json={**SPEC, "dataset": "shapes"}, headers=auth)
+    assert r.status_code == 409 and "still being converted" in r.text
     # A real rq worker converts it.
     env = {**os.environ, "INCEPT_DATA_ROOT": str(layout.root), "INCEPT_REDIS_URL": redis_url}
     subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", redis_url, "datasets"],
                    env=env, check=True, capture_output=True, timeout=300, cwd=Path(__file__).parents[3])
     d = client.get("/v1/datasets/shapes", headers=auth).json()
     assert d["state"] == "ready", d
+    assert client.post("/v1/jobs", json={**SPEC, "dataset": "shapes"}, headers=auth).status_code == 202
     assert d["class_names"] == ["daisy", "dandelion"]
     assert [x["name"] for x in client.get("/v1/datasets", headers=auth).json()["datasets"]] == ["shapes"]
     r = client.post("/v1/datasets?name=shapes", content=archive,
