@@ -152,6 +152,8 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
         TimeRemainingColumn,
     )
 
+    from incept.jobstate import TERMINAL_STATES
+
     console = console or Console()
     job = client.job(job_id)
     total = job.get("max_steps")
@@ -164,10 +166,7 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
     with progress:
         task = progress.add_task("train", total=total, completed=job.get("step") or 0, job=job_id,
                                  loss=_fmt(job.get("loss")), ips=_fmt(job.get("images_per_sec"), ".0f"))
-        if state in ("succeeded", "failed", "cancelled"):
-            events = iter(())
-        else:
-            events = client.events(job_id)
+        events = iter(()) if state in TERMINAL_STATES else client.events(job_id)
         for event in events:
             data = event.data if isinstance(event.data, dict) else {}
             if event.type == "progress":
@@ -194,7 +193,8 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
                     progress.update(task, total=data["max_steps"])
                 progress.console.print(f"  state: {state}")
     job = client.job(job_id)
-    state = job.get("state", state)
+    if state not in TERMINAL_STATES:  # the stream's own terminal event is the freshest word
+        state = job.get("state", state)
     if state == "succeeded":
         job = wait_final_evaluation(client, job_id, console, printed)
     console.print(f"{job_id}: {state}" + (f" — {job['error']}" if job.get("error") else ""))

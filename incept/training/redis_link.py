@@ -116,6 +116,10 @@ class RedisLink:
     def _flush(self) -> None:
         with self._lock:
             fields, self._fields = self._fields, {}
+            # Only events queued before this field snapshot: an event must never
+            # reach Redis before the hash update made ahead of it (a reader who
+            # sees "succeeded" on the stream must see it in the hash too).
+            ready = len(self._events)
         if fields:
             try:
                 self._state.update(self.job_id, **fields)
@@ -123,7 +127,7 @@ class RedisLink:
                 with self._lock:
                     self._fields = {**fields, **self._fields}
                 raise
-        while True:
+        for _ in range(ready):
             with self._lock:
                 if not self._events:
                     break

@@ -317,6 +317,11 @@ def test_every_job_finishes_with_each_checkpoint_evaluated_once(e2e):
         assert set(eval_steps()) <= set(steps)
         assert job["exported_versions"]
         assert job["best"]["accuracy"] >= 0.6  # chance is 0.2 on this easy set
+        # No half-written result anywhere, whatever was killed when.
+        assert not [p for p in (e2e.root / "runs" / job_id / "eval").iterdir() if ".tmp" in p.name]
+    for version in (e2e.root / "models" / "shapes").iterdir():
+        if version.name.isdigit():
+            assert (version / "saved_model.pb").exists() and (version / "manifest.json").exists()
 
 
 def test_gateway_restart_keeps_state_and_history(e2e):
