@@ -207,7 +207,8 @@ def test_pipeline_over_http(e2e, tmp_path):
     job = e2e.wait_for("two evaluated checkpoints and an exported version", lambda: (
         (j := e2e.job(job_id)) and len(evaluations_of(j)) >= 2 and j.get("exported_versions") and j))
     assert job["state"] in ("running", "succeeded")
-    assert any(e.type == "progress" and e.data.get("step", 0) > 0 for e in e2e.events)
+    e2e.wait_for("progress on the live event stream", lambda: any(
+        e.type == "progress" and e.data.get("step", 0) > 0 for e in e2e.events))
 
     # One image of each class through the gateway.
     model = job.get("served_model") or "shapes"
