@@ -109,6 +109,11 @@ def choose_data(data: Path | None, root: Path, console: Console) -> DemoData:
     return DemoData("generated-flowers", source, "generated")
 
 
+HEAD_ONLY_NOTE = ("  the seed's recipe: fine-tune the logits heads of Inception v4 at 299 px. The frozen "
+                  "backbone's features are computed once per image (the long part: tens of minutes "
+                  "for the flowers on a 2-core CPU), then the heads train in seconds.")
+
+
 def choose_weights(checkpoint: str | None, root: Path, console: Console) -> DemoWeights:
     if checkpoint:
         prefix = Path(checkpoint).expanduser().resolve()
@@ -116,10 +121,12 @@ def choose_weights(checkpoint: str | None, root: Path, console: Console) -> Demo
             raise UserError(f"CHECKPOINT={checkpoint}: no such checkpoint (expected a file, or a "
                             f"prefix with {prefix.name}.index beside it)")
         console.print(f"weights: the Inception v4 checkpoint {prefix}")
+        console.print(HEAD_ONLY_NOTE)
         return DemoWeights(str(prefix), "given")
     found = _try_download("checkpoint", root / "pretrained", console)
     if found is not None:
         console.print(f"weights: the official Inception v4 checkpoint ({found})")
+        console.print(HEAD_ONLY_NOTE)
         return DemoWeights(str(found), "official")
     console.print("[yellow]weights: no CHECKPOINT= and no download possible — RANDOM "
                   "INITIALISATION. Fine-tuning Inception v4 from scratch would take hours on a CPU, "
