@@ -69,6 +69,14 @@ def run_up(args: argparse.Namespace) -> int:
 
 
 def _up_detached(args: argparse.Namespace, root: Path) -> int:
+    if not args.no_demo:
+        # Here, in the foreground: bad DATA/CHECKPOINT are refused right away and
+        # downloads show their progress; the background stack finds them done.
+        from rich.console import Console
+
+        from incept.demo import plan_demo
+
+        plan_demo(root, data=args.data, checkpoint=args.checkpoint, console=Console(soft_wrap=True))
     paths = StackPaths(root)
     paths.logs.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "incept.cli", "up", "--data-root", str(root), "--port", str(args.port)]
