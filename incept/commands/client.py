@@ -104,9 +104,9 @@ def jobs_table(jobs: list[dict]):
     from rich.table import Table
 
     table = Table(title="jobs")
-    table.add_column("job", no_wrap=True)
-    for col in ("state", "step", "best accuracy", "model", "created"):
-        table.add_column(col, no_wrap=col in ("model", "created"))
+    table.add_column("job", overflow="fold")
+    for col, width in (("state", 9), ("step", 9), ("best accuracy", 8), ("model", 10), ("created", 10)):
+        table.add_column(col, min_width=width, overflow="fold")
     for job in jobs:
         best = job.get("best") or {}
         step = f"{job.get('step') or 0}/{job.get('max_steps') or '-'}"
