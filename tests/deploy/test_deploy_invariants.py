@@ -190,7 +190,7 @@ def test_multinode_template_gives_the_trainer_its_cluster(rendered, templates):
         assert port in [p["port"] for p in service["spec"]["ports"]]
         subdomain = pod["spec"]["subdomain"]
         for index in range(spec["completions"]):
-            tf_config = tf_config_from_indexed_job({**env, "JOB_COMPLETION_INDEX": str(index)})
+            tf_config = tf_config_from_indexed_job(env["INCEPT_WORKER_HOSTS"], port, str(index))
             assert tf_config == {
                 "cluster": {"worker": [f"{job_name}-{i}.{subdomain}:{port}"
                                        for i in range(spec["completions"])]},
