@@ -10,7 +10,7 @@ DATA     ?=
 CHECKPOINT ?=
 DATA_ROOT ?= $(CURDIR)/var
 
-.PHONY: up down test lint pytest bench venv browser tools clean
+.PHONY: up down test lint pytest bench venv browser tools tensorboard clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -47,6 +47,9 @@ up: venv
 
 down: venv
 	$(BIN)/incept down --data-root "$(DATA_ROOT)"
+
+tensorboard: venv
+	$(BIN)/tensorboard --logdir "$(DATA_ROOT)/runs" --host 127.0.0.1 --port 6006
 
 lint: venv
 	$(BIN)/ruff check .

@@ -18,12 +18,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INCEPT_", env_file=".env", extra="ignore")
 
     # Shared volume and Redis
-    data_root: Path = Field(Path("var"), description="Root of the shared volume.")
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_root: Path = Field(Path("var"), description="Root of the shared volume (datasets, runs, models, cache).")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queues and live job state.")
 
     # Gateway
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(8000, description="Port the gateway listens on.")
     api_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Bearer tokens for job, dataset and cancel routes (comma-separated).",
@@ -31,43 +31,46 @@ class Settings(BaseSettings):
     api_tokens_file: Path | None = Field(
         None, description="A mounted secret with one token per line, added to api_tokens."
     )
-    protect_predict: bool = False
-    predict_backend: Literal["inprocess", "grpc", "rest"] = "inprocess"
-    tfserving_grpc: str = "127.0.0.1:8500"
-    tfserving_rest: str = "http://127.0.0.1:8501"
-    backend_timeout_s: float = 10.0
-    model_poll_s: float = 2.0
-    batch_max_size: int = 32
-    batch_max_delay_ms: float = 2.0
-    top_k: int = 5
-    max_body_bytes: int = 20 * 1024 * 1024
-    max_image_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    max_images_per_request: int = 32
-    max_upload_bytes: int = 2 * 1024**3
-    max_archive_files: int = 100_000
-    max_unpacked_bytes: int = 8 * 1024**3
-    max_compression_ratio: float = 200.0
+    protect_predict: bool = Field(False, description="Require a bearer token for prediction too.")
+    predict_backend: Literal["inprocess", "grpc", "rest"] = Field(
+        "inprocess", description="Where predictions run: in the gateway, or TF Serving over gRPC or REST.")
+    tfserving_grpc: str = Field("127.0.0.1:8500", description="TF Serving's gRPC address (backend grpc).")
+    tfserving_rest: str = Field("http://127.0.0.1:8501", description="TF Serving's REST URL (backend rest).")
+    backend_timeout_s: float = Field(10.0, description="Deadline of one call to the prediction backend.")
+    model_poll_s: float = Field(2.0, description="How often the in-process backend looks for new versions.")
+    batch_max_size: int = Field(32, description="In-process micro-batching: most images per model call.")
+    batch_max_delay_ms: float = Field(2.0, description="In-process micro-batching: longest wait to fill a batch.")
+    max_body_bytes: int = Field(20 * 1024 * 1024, description="Largest prediction request body (413 above).")
+    max_image_bytes: int = Field(10 * 1024 * 1024, description="Largest single image (413 above).")
+    max_image_pixels: int = Field(40_000_000, description="Largest image in pixels (decompression bombs).")
+    max_images_per_request: int = Field(32, description="Most images in one prediction request (413 above).")
+    max_upload_bytes: int = Field(2 * 1024**3, description="Largest dataset archive upload.")
+    max_archive_files: int = Field(100_000, description="Most files in a dataset archive.")
+    max_unpacked_bytes: int = Field(8 * 1024**3, description="Largest unpacked size of a dataset archive.")
+    max_compression_ratio: float = Field(200.0, description="Highest unpacked/packed ratio of an archive (zip bombs).")
 
     # CLI client (incept submit/status/watch/predict); default: the local stack's state file.
     gateway_url: str | None = Field(None, description="Gateway the CLI client talks to.")
     api_token: str | None = Field(None, description="Bearer token the CLI client sends.")
 
     # Launchers
-    launcher: Literal["local", "kubernetes"] = "local"
-    k8s_namespace: str = "incept"
-    k8s_job_template: Path = Path("k8s/base/trainer/job-template.yaml")
+    launcher: Literal["local", "kubernetes"] = Field(
+        "local", description="How the gateway starts training: the rq queue 'train', or a Kubernetes Job.")
+    k8s_namespace: str = Field("incept", description="Namespace of the trainer Jobs.")
+    k8s_job_template: Path = Field(Path("k8s/base/trainer/job-template.yaml"),
+                                   description="The batch/v1 Job template the Kubernetes launcher fills in.")
     k8s_kubeconfig: Path | None = Field(
         None, description="A kubeconfig for the Kubernetes launcher (default: in-cluster, else ~/.kube/config).")
-    trainer_image: str = "incept-trainer:0.1.0"
+    trainer_image: str = Field("incept-trainer:0.1.0", description="Image of the trainer Jobs.")
     # Multi-node training from a Kubernetes Indexed Job (incept.training.distribute
     # builds TF_CONFIG from these and JOB_COMPLETION_INDEX).
     worker_hosts: str = Field("", description="Comma-separated host names of the Indexed Job's workers.")
     worker_port: int = Field(12345, description="Port the multi-node workers talk on.")
 
     # Evaluator
-    reconcile_interval_s: float = 30.0
-    keep_versions: int = 5
+    reconcile_interval_s: float = Field(
+        30.0, description="How often the evaluator rescans runs/ for checkpoints with no result.")
+    keep_versions: int = Field(5, description="Exported versions kept per served model.")
     eval_lock_ttl_s: float = Field(
         15.0, gt=0, description="A killed evaluator's per-checkpoint lock expires after this long.")
 
