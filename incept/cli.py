@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        # httpx logs every request at INFO: noise for a command-line client.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     mod = importlib.import_module(args._module)
     runner = getattr(mod, f"run_{args.command.replace('-', '_')}", None) or mod.run
     try:

@@ -109,7 +109,6 @@ def _up_foreground(args: argparse.Namespace, root: Path) -> int:
 
     console = Console(soft_wrap=True)  # a log file (--detach) gets whole lines
     logging.getLogger("incept.stack").setLevel(logging.INFO)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise here
 
     def on_sigterm(signum, frame):
         raise _Shutdown()
