@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
+from redis.exceptions import WatchError
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -26,6 +28,10 @@ def _events_key(job_id: str) -> str:
 
 def _cancel_key(job_id: str) -> str:
     return f"incept:job:{job_id}:cancel"
+
+
+def _recorded_key(job_id: str) -> str:
+    return f"incept:job:{job_id}:recorded"
 
 
 JOBS_INDEX = "incept:jobs"
@@ -97,3 +103,39 @@ class JobState:
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.conn.exists(_cancel_key(job_id)))
+
+
+def record_once(conn: redis.Redis, job_id: str, marker: str,
+                fields_from: Callable[[dict[str, Any]], dict[str, Any]],
+                events: Sequence[tuple[str, dict[str, Any]]]) -> bool:
+    """Update the job's hash and append ``events`` to its stream once per (job,
+    ``marker``), atomically: the marker (kept in a set beside the hash), the
+    fields and the events are all written in one MULTI/EXEC, or nothing is. A
+    repeat -- a retry after a lost reply, a republish from disk, a second
+    publisher racing the first -- writes nothing. ``fields_from`` computes the
+    fields from the current hash (it runs again if the hash changed meanwhile).
+    Returns whether this call wrote them."""
+    job_key, marks = _job_key(job_id), _recorded_key(job_id)
+    with conn.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(marks, job_key)
+                if pipe.sismember(marks, marker):
+                    return False
+                current = {k.decode(): _decode(v) for k, v in pipe.hgetall(job_key).items()}
+                fields = {**fields_from(current), "updated_at": time.time()}
+                pipe.multi()
+                pipe.sadd(marks, marker)
+                pipe.hset(job_key, mapping={k: _encode(v) for k, v in fields.items()})
+                for kind, data in events:
+                    pipe.xadd(_events_key(job_id), {"type": kind, "data": json.dumps(data)},
+                              maxlen=STREAM_MAXLEN, approximate=True)
+                pipe.execute()
+                return True
+            except WatchError:
+                continue  # someone wrote the hash or the marker meanwhile: look again
+
+
+def recorded_markers(conn: redis.Redis, job_id: str) -> set[str]:
+    """The markers ``record_once`` has written for the job."""
+    return {m.decode() for m in conn.smembers(_recorded_key(job_id))}

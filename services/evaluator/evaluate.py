@@ -7,6 +7,21 @@ Idempotent per (job, step): a result on disk makes a repeated request a no-op,
 and a Redis lock per (job, step) keeps two workers from evaluating the same
 checkpoint at once. A checkpoint that cannot be read leaves an error record
 (``<step>.error.json``) so the reconciler does not ask for it again.
+
+Redis records, exactly once per (job, step), whatever crashes or outages
+happen: the result file on disk is the source of truth, and Redis is told
+about it by ``publish``, which writes the hash fields (``latest_eval``,
+``best``, ``exported_versions``, ``served_model``) and the ``eval`` (and
+``export``) events from that file alone, in one MULTI/EXEC guarded by a
+marker ``eval:<step>`` (``incept.jobstate.record_once``). The marker and the
+events land together or not at all, so publishing is safe to repeat and to
+race. It is attempted right after the result is written (with redis-py's
+bounded retries), again by any later request for the step (which finds the
+result on disk), and on every reconciler pass for each result whose marker
+is missing (``reconciler.republish``) -- so an evaluation that finished while
+Redis was away is published once Redis is back. The hash fields are merged
+order-independently (latest = highest step, best = highest accuracy then
+earliest step, versions = union), so a late publish does not roll them back.
 """
 
 from __future__ import annotations
@@ -21,9 +36,9 @@ import redis
 
 from incept.errors import UserError
 from incept.fsutil import write_json_atomic
-from incept.jobstate import JobState
+from incept.jobstate import JobState, record_once
 from incept.layout import Layout, RunLayout
-from services.evaluator.bless import best_so_far, bless_and_export
+from services.evaluator.bless import bless_and_export
 from services.evaluator.locks import eval_lock_name, held_lock, job_lock_name
 
 log = logging.getLogger(__name__)
@@ -100,6 +115,7 @@ def evaluate_checkpoint(layout: Layout, conn: redis.Redis, job_id: str, step: in
     existing = read_result(run, step)
     if existing is not None:
         log.info("job %s step %d: already evaluated, nothing to do", job_id, step)
+        publish_or_defer(conn, run, existing)  # in case Redis was away when it finished
         return Outcome("already_done", existing)
     with held_lock(conn, eval_lock_name(job_id, step), blocking=False) as acquired:
         if not acquired:
@@ -107,6 +123,7 @@ def evaluate_checkpoint(layout: Layout, conn: redis.Redis, job_id: str, step: in
             return Outcome("busy")
         existing = read_result(run, step)  # finished while we waited for the lock
         if existing is not None:
+            publish_or_defer(conn, run, existing)
             return Outcome("already_done", existing)
         known_failure = read_error(run, step)
         if known_failure is not None and _unchanged_since(run, step, known_failure["failed_at"]):
@@ -123,7 +140,8 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
     from incept.checkpoints import restore_for_inference
     from incept.data.dataset import DatasetInfo
     from incept.evaluation.metrics import classification_metrics, forward_fn, run_split
-    from incept.evaluation.open_set import DEFAULT_SCORE, LOGIT_SCORES, fit_open_set
+    from incept.evaluation.open_set import fit_open_set
+    from incept.training.trainer import is_head_only
 
     job_id = run.job_id
     started = time.perf_counter()
@@ -141,11 +159,13 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
     validation = run_split(restored.model, dataset_dir, "validation", image_size=image_size,
                            batch_size=batch_size, forward=forward)
     metrics = classification_metrics(validation.logits, validation.labels, restored.class_names)
-    open_set = None
-    if DEFAULT_SCORE in LOGIT_SCORES:
-        # Calibrating a logit-based score costs nothing more: record it for every checkpoint.
-        open_set = fit_open_set(restored.model, dataset_dir, image_size=image_size,
-                                num_classes=len(restored.class_names), validation=validation)
+    # The open-set score is fitted and calibrated for every checkpoint, blessed or
+    # not. A head-only job's backbone never changes, so its training features are
+    # cached on the shared volume: one pass over the training split per job.
+    open_set = fit_open_set(restored.model, dataset_dir, image_size=image_size,
+                            num_classes=len(restored.class_names), validation=validation,
+                            batch_size=batch_size, forward=forward,
+                            cache_dir=layout.feature_cache / "open-set" if is_head_only(spec) else None)
     compute_s = time.perf_counter() - started
 
     result = {
@@ -159,7 +179,11 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
     with held_lock(conn, job_lock_name(job_id), wait_s=BLESS_LOCK_WAIT_S) as acquired:
         if not acquired:
             raise TimeoutError(f"job {job_id}: bless lock still held after {BLESS_LOCK_WAIT_S} s")
-        best = best_so_far(run)
+        existing = read_result(run, step)
+        if existing is not None:
+            # Our checkpoint lock lapsed (Redis was away) and another worker finished it.
+            publish_or_defer(conn, run, existing)
+            return Outcome("already_done", existing)
         blessing = bless_and_export(
             layout, run, restored, result, validation=validation, dataset_dir=dataset_dir,
             keep_versions=keep_versions, batch_size=batch_size, forward=forward,
@@ -169,7 +193,7 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
         result["compute_s"] = compute_s + blessing.compute_s
         _write_summaries(run, step, result)
         write_json_atomic(run.eval_result(step), result)
-    _publish(conn, run, result, blessing, best)
+    publish_or_defer(conn, run, result)
     log.info("job %s step %d: accuracy %.4f recall@%d %.4f loss %.4f on %d images%s", job_id,
              step, result["accuracy"], result["top_k"], result["recall_at_5"], result["loss"],
              result["num_images"],
@@ -192,26 +216,44 @@ def _write_summaries(run: RunLayout, step: int, result: dict) -> None:
     writer.close()
 
 
-def _publish(conn: redis.Redis, run: RunLayout, result: dict, blessing, previous_best) -> None:
-    state = JobState(conn)
-    job_id, step = run.job_id, result["step"]
-    summary = {"step": step, "accuracy": result["accuracy"], "recall_at_5": result["recall_at_5"],
+def publish(conn: redis.Redis, run: RunLayout, result: dict) -> bool:
+    """Tell Redis about an evaluation result (see the module docstring), once per
+    (job, step); returns whether this call did it (False: it was done before)."""
+    step = int(result["step"])
+    accuracy = result["accuracy"]
+    summary = {"step": step, "accuracy": accuracy, "recall_at_5": result["recall_at_5"],
                "loss": result["loss"]}
-    fields: dict = {"latest_eval": summary}
-    if previous_best is None or result["accuracy"] > previous_best["accuracy"]:
-        fields["best"] = {"step": step, "accuracy": result["accuracy"]}
-    if blessing.version is not None:
-        current = state.get(job_id) or {}
-        versions = sorted(set(current.get("exported_versions") or []) | {blessing.version})
-        fields["exported_versions"] = versions
-        fields["served_model"] = blessing.model_name
-    state.update(job_id, **fields)
-    state.emit(job_id, "eval", {**summary, "num_images": result["num_images"],
-                                "ece": result["ece"], "blessed": result["blessed"],
-                                "ood": result.get("ood")})
-    if blessing.version is not None:
-        state.emit(job_id, "export", {"version": blessing.version, "model": blessing.model_name,
-                                      "step": step})
+    version = result.get("exported_version")
+
+    def fields_from(current: dict) -> dict:
+        fields: dict = {}
+        latest = current.get("latest_eval")
+        if not isinstance(latest, dict) or latest.get("step", -1) <= step:
+            fields["latest_eval"] = summary
+        best = current.get("best")
+        if not isinstance(best, dict) or (accuracy, -step) > (best["accuracy"], -best["step"]):
+            fields["best"] = {"step": step, "accuracy": accuracy}
+        if version is not None:
+            fields["exported_versions"] = sorted(set(current.get("exported_versions") or []) | {version})
+            fields["served_model"] = result.get("served_model")
+        return fields
+
+    events = [("eval", {**summary, "num_images": result["num_images"], "ece": result["ece"],
+                        "blessed": result["blessed"], "ood": result.get("ood")})]
+    if version is not None:
+        events.append(("export", {"version": version, "model": result.get("served_model"),
+                                  "step": step}))
+    return record_once(conn, run.job_id, f"eval:{step}", fields_from, events)
+
+
+def publish_or_defer(conn: redis.Redis, run: RunLayout, result: dict) -> None:
+    """``publish``, or leave it to a later pass of the reconciler when Redis does
+    not answer (after redis-py's bounded retries): the result is safe on disk."""
+    try:
+        publish(conn, run, result)
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        log.warning("job %s step %d: result saved, but Redis is unavailable (%s); "
+                    "the reconciler publishes it when Redis is back", run.job_id, result["step"], e)
 
 
 def _record_failure(conn: redis.Redis, run: RunLayout, step: int, reason: str) -> None:

@@ -5,6 +5,12 @@ result (``eval/<step>.json``), nor an error record, nor a live request, and
 asks for them again. That covers a trainer that could not enqueue, a flushed
 queue or a lost Redis, and a worker killed mid-evaluation (its request stays
 "started" in rq, but its per-checkpoint lock expires within seconds).
+
+Each pass also republishes to Redis every result on disk that Redis has not
+recorded (``republish``; an evaluation that finished while Redis was away),
+exactly once per (job, step) -- see ``services.evaluator.evaluate``. The thread
+outlives Redis outages: a pass that cannot reach Redis is logged in one line
+and the next pass tries again.
 """
 
 from __future__ import annotations
@@ -80,7 +86,41 @@ def reconcile(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
                 if enqueue_eval(conn, run.job_id, step):
                     log.info("reconciler: asked for an evaluation of %s step %d", run.job_id, step)
                     asked.append((run.job_id, step))
+        republish(layout, conn)
     return asked
+
+
+def republish(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
+    """Publish every result on disk that Redis has no record of; returns the
+    (job, step) pairs this call published."""
+    from incept.jobstate import recorded_markers
+    from services.evaluator.evaluate import evaluated_steps, publish, read_result
+
+    published: list[tuple[str, int]] = []
+    if not layout.runs.is_dir():
+        return published
+    for run_dir in sorted(layout.runs.iterdir()):
+        if not run_dir.is_dir() or not NAME_RE.match(run_dir.name):
+            continue
+        run = layout.run(run_dir.name)
+        steps = evaluated_steps(run)
+        if not steps:
+            continue
+        recorded = recorded_markers(conn, run.job_id)
+        for step in sorted(steps):
+            if f"eval:{step}" in recorded:
+                continue
+            result = read_result(run, step)
+            try:
+                done = result is not None and publish(conn, run, result)
+            except (KeyError, TypeError, ValueError) as e:
+                log.warning("reconciler: %s is not a result this evaluator wrote (%r)",
+                            run.eval_result(step), e)
+                continue
+            if done:
+                log.info("reconciler: published the result of %s step %d to Redis", run.job_id, step)
+                published.append((run.job_id, step))
+    return published
 
 
 def _redos_exhausted(conn: redis.Redis, run, step: int, status) -> bool:
@@ -110,10 +150,19 @@ class Reconciler(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        redis_lost = False
         while True:
             try:
                 reconcile(self.layout, self.conn)
-            except Exception:  # keep reconciling: a Redis hiccup must not end the loop
+                if redis_lost:
+                    log.info("reconciler: Redis is back")
+                redis_lost = False
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if not redis_lost:
+                    log.warning("reconciler: Redis is unavailable (%s); trying again every %.0f s",
+                                e, self.interval_s)
+                redis_lost = True
+            except Exception:  # keep reconciling: one bad pass must not end the loop
                 log.exception("reconciler pass failed")
             if self.stopping.wait(self.interval_s):
                 return
