@@ -6,6 +6,12 @@ there is one (falling back past a corrupt one, loudly), then step until
 ``max_steps``, a stop (SIGTERM, cancel flag) or an error. Checkpoints every N
 steps and/or seconds, plus a final one; after each, an eval request.
 
+A SIGTERM stops the job after a checkpoint. Under MultiWorkerMirroredStrategy a
+SIGTERM to any one worker stops them all at the same step (TF's
+PreemptionCheckpointHandler agrees on it through the coordination service):
+every worker saves that checkpoint and exits as preempted, and restarting all
+of them resumes from it.
+
 Frozen layers (outside ``trainable_scopes``) get Keras ``trainable=False``, so
 they run in inference mode even in a training step: batch norm uses its moving
 statistics. That makes the backbone a fixed function, which is what allows
@@ -113,6 +119,30 @@ class _Stop:
         if self.reason is None:
             self.reason = reason
         self.event.set()
+
+
+class _ClusterPreempted(Exception):
+    """Raised by the PreemptionCheckpointHandler's exit_fn once this worker has
+    saved the cluster-wide preemption checkpoint."""
+
+
+def _cluster_preemption_handler(strategy, save_fn):
+    """Multi-worker jobs: TF's PreemptionCheckpointHandler turns a SIGTERM to any
+    one worker into a checkpoint that every worker saves after the same step
+    (agreed through the coordination service), after which each worker's loop
+    stops. It takes over SIGTERM in this process. Its own bookkeeping (run
+    counts since this process started) goes to a scratch folder: our checkpoints
+    already carry the step, and a restart resumes from them."""
+
+    def exit_fn():
+        raise _ClusterPreempted
+
+    scratch = tempfile.mkdtemp(prefix="incept-preemption-")
+    config = tf.distribute.experimental.TerminationConfig(exit_fn=exit_fn, save_fn=save_fn)
+    handler = tf.distribute.experimental.PreemptionCheckpointHandler(
+        strategy.cluster_resolver, tf.train.Checkpoint(), checkpoint_dir=scratch,
+        termination_config=config)
+    return handler, scratch
 
 
 def _set_trainable(model: keras.Model, scopes) -> None:
@@ -348,10 +378,12 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
         return loss
 
     saved: list[int] = []
+    last_saved = [resumed_from]  # on every worker (the chief's ``saved`` lists only its own)
 
     def save(step: int) -> None:
         step_var.assign(step)
         manager.save(checkpoint_number=step)
+        last_saved[0] = step
         if chief:
             saved.append(step)
             reporter.checkpoint(step)
@@ -364,6 +396,13 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
                                       seed=spec.seed) if head_only else ds)
         reporter.images(next(iter(sample.take(1)))[0])
 
+    preemption, scratch = None, None
+    if distribute.is_multi_worker(strategy) and threading.current_thread() is threading.main_thread():
+        # A SIGTERM to one worker must stop all of them at the same step: a worker
+        # that stopped alone would leave the others waiting in the next collective.
+        preemption, scratch = _cluster_preemption_handler(strategy, lambda: save(step))
+    handed_over = False
+
     t_start = time.monotonic()
     last_save_t, last_report_t = t_start, t_start
     report_step, report_images_t = step, t_start
@@ -374,9 +413,22 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
         if link is not None and link.cancel_requested.is_set():
             stop.set("cancelled")
         if stop.event.is_set():
-            break
+            if preemption is None:
+                break
+            if not handed_over:
+                # A cancel, Ctrl-C or a SIGTERM during set-up: the whole cluster
+                # stops and saves, through the handler's own SIGTERM path.
+                handed_over = True
+                signal.raise_signal(signal.SIGTERM)
         # The loss stays a tensor (no host sync) except when reported.
-        loss_tensor = train_step(iterator)
+        if preemption is None:
+            loss_tensor = train_step(iterator)
+        else:
+            try:
+                loss_tensor = preemption.run(train_step, iterator)
+            except _ClusterPreempted:  # every worker saved at this step
+                stop.set("preempted")
+                break
         step += 1
         now = time.monotonic()
         due = (spec.checkpoint_every_steps and step % spec.checkpoint_every_steps == 0) or (
@@ -402,7 +454,9 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
     if steady_start_step is not None and step > steady_start_step:
         elapsed = time.monotonic() - steady_t - save_seconds
         steady = (step - steady_start_step) * global_batch / max(elapsed, 1e-9)
-    if (not saved or saved[-1] != step) and resumed_from != step:
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if last_saved[0] != step:
         save(step)
     state = {"preempted": "preempted", "cancelled": "cancelled"}.get(stop.reason, "succeeded")
     result = TrainResult(job_id=job_id, state=state, step=step, max_steps=max_steps,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +61,83 @@ def test_two_workers_agree_and_only_the_chief_writes(layout, redis_url, redis_co
     chief = outputs[[w for w, _ in digests].index(0)]
     other = outputs[[w for w, _ in digests].index(1)]
     assert '"event": "checkpoint"' in chief and '"event": "checkpoint"' not in other
+
+
+def _start_workers(layout, redis_url, job_id):
+    from incept.redis_server import free_port
+
+    ports = [free_port(), free_port()]
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, INCEPT_DATA_ROOT=str(layout.root), INCEPT_REDIS_URL=redis_url,
+                   PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2",
+                   # TF asks the GCE metadata server which platform this is: keep that on loopback.
+                   GCE_METADATA_IP="127.0.0.1:1",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen([sys.executable, "-m", "incept.cli", "train", "--job-id", job_id,
+                                       "--progress-interval", "0.2"],
+                                      env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs
+
+
+def _finish(procs, timeout_s=400):
+    outputs = []
+    try:
+        for proc in procs:
+            _out, err = proc.communicate(timeout=timeout_s)
+            outputs.append((proc.returncode, err.decode()))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return outputs
+
+
+def _done(text):
+    done = [json.loads(m) for m in re.findall(r'(\{"event": "done".*\})', text)]
+    assert len(done) == 1, text[-4000:]
+    return done[0]
+
+
+def test_sigterm_to_a_non_chief_worker_stops_the_cluster_at_one_checkpoint(layout, redis_url):
+    """PreemptionCheckpointHandler: SIGTERM to worker 1 makes both workers save
+    one checkpoint at the same step and exit as preempted; both restarted, they
+    resume from it and finish."""
+    import time
+
+    from incept.checkpoints import list_checkpoints
+
+    make_dataset(layout)
+    run, _ = make_run(layout, "mpreempt", max_steps=1_000_000, batch_size=8,
+                      checkpoint_every_steps=None, keep_checkpoints=10)
+    procs = _start_workers(layout, redis_url, "mpreempt")
+    try:
+        deadline = time.monotonic() + 300
+        while not (run.status.exists() and json.loads(run.status.read_text()).get("step", 0) > 0):
+            assert all(p.poll() is None for p in procs), _finish(procs)
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)
+    finally:
+        outputs = _finish(procs, timeout_s=120)
+    assert [code for code, _ in outputs] == [143, 143], [err[-3000:] for _, err in outputs]
+    done = [_done(err) for _, err in outputs]
+    assert [d["state"] for d in done] == ["preempted", "preempted"]
+    saved = done[0]["step"]
+    assert done[1]["step"] == saved and saved > 0
+    assert done[0]["weights_sha256"] == done[1]["weights_sha256"]
+    assert list_checkpoints(run) == [saved]
+    status = json.loads(run.status.read_text())
+    assert status["preempted_at"] == saved and status["state"] == "queued"
+
+    make_run(layout, "mpreempt", max_steps=saved + 4, batch_size=8, checkpoint_every_steps=None,
+             keep_checkpoints=10)
+    outputs = _finish(_start_workers(layout, redis_url, "mpreempt"))
+    assert [code for code, _ in outputs] == [0, 0], [err[-3000:] for _, err in outputs]
+    done = [_done(err) for _, err in outputs]
+    assert [d["step"] for d in done] == [saved + 4, saved + 4]
+    assert done[0]["weights_sha256"] == done[1]["weights_sha256"]
+    assert list_checkpoints(run) == [saved, saved + 4]
+    status = json.loads(run.status.read_text())
+    assert status["resumed_from"] == saved and status["state"] == "succeeded"
