@@ -145,6 +145,14 @@ def _cluster_preemption_handler(strategy, save_fn):
     return handler, scratch
 
 
+def _report_final_state(reporter: Reporter, result: TrainResult) -> None:
+    if result.state == "preempted":
+        # Not a final state: a restart resumes from the checkpoint just written.
+        reporter.state("queued", step=result.step, preempted_at=result.step)
+    else:
+        reporter.state(result.state, step=result.step, last_checkpoint_step=result.step)
+
+
 def _set_trainable(model: keras.Model, scopes) -> None:
     from incept.nets import layers_under
 
@@ -238,6 +246,7 @@ def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: st
         # running the job again resumes from there.
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous_handlers[signum] = signal.signal(signum, lambda *_: stop.set("preempted"))
+    result = None
     try:
         result = _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, reporter,
                         link, stop, max_steps, path, progress_interval_s)
@@ -249,9 +258,16 @@ def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: st
             signal.signal(signum, handler)
         # mixed_float16 is process-global in Keras: do not leak it to later models.
         keras.mixed_precision.set_global_policy(previous_policy)
-        reporter.close()
-        # Flush pending state and eval requests (bounded: SIGTERM leaves ~30 s).
-        unsent = link.close(timeout_s=15.0) if link is not None else []
+        try:
+            reporter.close()
+            if result is not None:
+                # The final state goes out last, once the training is torn down and
+                # TensorBoard closed: whoever sees it (a user, the next job, a stack
+                # being stopped) finds the job about to return, not still working.
+                _report_final_state(reporter, result)
+        finally:
+            # Flush pending state and eval requests (bounded: SIGTERM leaves ~30 s).
+            unsent = link.close(timeout_s=15.0) if link is not None else []
     result.unsent_evals = unsent
     return result
 
@@ -464,11 +480,6 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
                          checkpoints=saved, images_per_sec=images_per_sec,
                          steady_images_per_sec=steady,
                          feature_seconds=feature_seconds)
-    if state == "preempted":
-        # Not a final state: a restart resumes from the checkpoint just written.
-        reporter.state("queued", step=step, preempted_at=step)
-    else:
-        reporter.state(state, step=step, last_checkpoint_step=step)
     log.info(json.dumps({"event": "done", "job_id": job_id, "state": state, "step": step,
                          "worker": distribute.worker_index(strategy),
                          "weights_sha256": weights_digest(var_list)}))

@@ -143,6 +143,15 @@ def test_rq_worker_runs_a_conversion_and_a_training_job(data, redis_url, redis_c
     assert job.get_status() == "finished", job.latest_result()
     assert job.return_value()["state"] == "succeeded"
     assert list_checkpoints(run) == [30]
+    # The final state is the job's last word: the training, its teardown and
+    # TensorBoard are done before it goes out, and the rq job returns right after.
+    lines = done.stderr.decode().splitlines()
+    final = max(i for i, line in enumerate(lines)
+                if '"event": "state"' in line and '"state": "succeeded"' in line)
+    finished = next(i for i, line in enumerate(lines) if "Successfully completed train" in line)
+    assert any('"event": "done"' in line for line in lines[:final])
+    assert final < finished
+    assert not [line for line in lines[final + 1:finished] if "incept" in line], lines[final:finished]
     assert JobState(redis_conn).get("queued")["state"] == "succeeded"
     conversion = Job.fetch(conversion.id, connection=redis_conn)
     assert conversion.get_status() == "finished"
