@@ -56,3 +56,29 @@ def test_close_gives_up_and_reports_unsent_requests(tmp_path):
     link.request_eval(5)
     assert link.close(timeout_s=1.0) == [5]
     assert not link._thread.is_alive()
+
+
+def test_close_returns_once_everything_is_delivered_not_at_its_deadline(redis_url, redis_conn):
+    """The last words of a job (final state, its event, an eval request) are
+    delivered by close(), which then returns: its deadline is only for an
+    unreachable Redis. (The thread's bound is an upper limit, not a timing check.)"""
+    import threading
+
+    from incept.jobstate import JobState
+    from incept.queues import eval_request_id
+    from incept.training.redis_link import RedisLink
+
+    link = RedisLink(redis_url, "job", poll_s=3600.0)  # no periodic wake-up to lean on
+    link.update(state="succeeded", step=7)
+    link.emit("state", {"state": "succeeded", "step": 7})
+    link.request_eval(7)
+    unsent = []
+    closer = threading.Thread(target=lambda: unsent.append(link.close(timeout_s=3600.0)))
+    closer.start()
+    closer.join(120)
+    assert not closer.is_alive(), "close() waited for its deadline with nothing left to send"
+    assert unsent == [[]] and not link._thread.is_alive()
+    state = JobState(redis_conn)
+    assert state.get("job")["state"] == "succeeded"
+    assert state.events("job")[-1][1:] == ("state", {"state": "succeeded", "step": 7})
+    assert Queue("eval", connection=redis_conn).job_ids == [eval_request_id("job", 7)]
