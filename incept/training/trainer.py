@@ -139,9 +139,17 @@ def _cluster_preemption_handler(strategy, save_fn):
 
     scratch = tempfile.mkdtemp(prefix="incept-preemption-")
     config = tf.distribute.experimental.TerminationConfig(exit_fn=exit_fn, save_fn=save_fn)
+    ours = signal.getsignal(signal.SIGTERM)
     handler = tf.distribute.experimental.PreemptionCheckpointHandler(
         strategy.cluster_resolver, tf.train.Checkpoint(), checkpoint_dir=scratch,
         termination_config=config)
+    if signal.getsignal(signal.SIGTERM) is ours:
+        # TF leaves CPU and TPU VMs on GCP to their own mechanisms and does not
+        # watch SIGTERM there: each worker stops on its own, as without it.
+        log.warning("PreemptionCheckpointHandler is inactive on this platform: a SIGTERM "
+                    "stops only the worker that receives it")
+        shutil.rmtree(scratch, ignore_errors=True)
+        return None, None
     return handler, scratch
 
 
@@ -241,11 +249,16 @@ def train(job_id: str, layout: Layout, *, redis_url: str | None = None, path: st
     stop = stop or _Stop()
     previous_policy = keras.mixed_precision.global_policy()
     previous_handlers = {}
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is not None:
+        # Restored afterwards even without handle_signals: a multi-worker job's
+        # PreemptionCheckpointHandler takes SIGTERM over.
+        previous_handlers[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
     if handle_signals and threading.current_thread() is threading.main_thread():
         # SIGTERM (Kubernetes, rq) and Ctrl-C: checkpoint at the next step and stop;
         # running the job again resumes from there.
         for signum in (signal.SIGTERM, signal.SIGINT):
-            previous_handlers[signum] = signal.signal(signum, lambda *_: stop.set("preempted"))
+            previous = signal.signal(signum, lambda *_: stop.set("preempted"))
+            previous_handlers.setdefault(signum, previous)
     result = None
     try:
         result = _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, reporter,
