@@ -150,12 +150,12 @@ class GatewayClient:
         return self.request("POST", f"/v1/models/{model}:predict", files=files,
                             timeout=timeout_s).json()
 
-    def events(self, job_id: str, after: str | None = None, *, reconnect_s: float = 120.0,
-               stop_on_terminal: bool = True) -> Iterator[Event]:
-        """The job's server-sent events, live. A dropped connection (the gateway
-        restarting) is resumed from the last event id for up to ``reconnect_s``."""
-        from incept.jobstate import TERMINAL_STATES
-
+    def events(self, job_id: str, after: str | None = None, *,
+               reconnect_s: float = 120.0) -> Iterator[Event]:
+        """The job's server-sent events, live, up to and including ``end`` (the
+        gateway sends it once training is over and every checkpoint has its
+        evaluation outcome). A dropped connection (the gateway restarting) is
+        resumed from the last event id for up to ``reconnect_s``."""
         last = after
         down_since: float | None = None
         while True:
@@ -169,17 +169,23 @@ class GatewayClient:
                         response.read()
                         raise GatewayError(f"events of {job_id}: {response.status_code} "
                                            f"{_detail(response)}", response.status_code)
-                    down_since = None
-                    for event in _parse_sse(response.iter_lines()):
+
+                    def lines(response=response):
+                        # The stream is up once the gateway sends something (keep-alives
+                        # included): a gateway that answers and then fails is still down.
+                        nonlocal down_since
+                        for line in response.iter_lines():
+                            if line and not line.startswith("retry:"):
+                                down_since = None
+                            yield line
+
+                    for event in _parse_sse(lines()):
                         if event.id:
                             last = event.id
                         yield event
-                        if stop_on_terminal and event.type == "state" and \
-                                isinstance(event.data, dict) and event.data.get("state") in TERMINAL_STATES:
+                        if event.type == "end":
                             return
-                # The server closed the stream (the job is over, or the gateway stopped).
-                if stop_on_terminal and self.job(job_id).get("state") in TERMINAL_STATES:
-                    return
+                # Closed without an end: the gateway stopped; resume where we were.
             except (httpx.TransportError, httpx.RemoteProtocolError):
                 pass
             now = time.monotonic()

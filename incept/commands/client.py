@@ -141,7 +141,8 @@ def job_panel(job: dict):
 
 def watch(client: GatewayClient, job_id: str, console=None) -> int:
     """Follow a job live from its event stream: a progress bar for the steps,
-    one line per evaluation and export. Returns 0 if the job succeeded."""
+    one line per evaluation and export, until the gateway ends the stream (training
+    over and every checkpoint evaluated). Returns 0 if the job succeeded."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -152,8 +153,6 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
         TimeRemainingColumn,
     )
 
-    from incept.jobstate import TERMINAL_STATES
-
     console = console or Console()
     job = client.job(job_id)
     total = job.get("max_steps")
@@ -162,12 +161,10 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
                         TextColumn("loss {task.fields[loss]}  {task.fields[ips]} img/s"),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     state = job.get("state")
-    printed: set = set()
     with progress:
         task = progress.add_task("train", total=total, completed=job.get("step") or 0, job=job_id,
                                  loss=_fmt(job.get("loss")), ips=_fmt(job.get("images_per_sec"), ".0f"))
-        events = iter(()) if state in TERMINAL_STATES else client.events(job_id)
-        for event in events:
+        for event in client.events(job_id):
             data = event.data if isinstance(event.data, dict) else {}
             if event.type == "progress":
                 fields = {"completed": data.get("step", 0)}
@@ -178,7 +175,6 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
             elif event.type == "checkpoint":
                 progress.console.print(f"  checkpoint at step {data.get('step')}")
             elif event.type == "eval":
-                printed.add(data.get("step"))
                 progress.console.print(
                     f"  evaluated step {data.get('step')}: accuracy {_fmt(data.get('accuracy'), '.3f')}"
                     f"  recall@5 {_fmt(data.get('recall_at_5'), '.3f')}  loss {_fmt(data.get('loss'))}")
@@ -192,34 +188,13 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
                 if data.get("max_steps"):
                     progress.update(task, total=data["max_steps"])
                 progress.console.print(f"  state: {state}")
+            elif event.type == "waiting":
+                steps = data.get("pending_evaluations") or []
+                progress.console.print(f"  training {data.get('state')}; waiting for the evaluation "
+                                       f"of step{'s' if len(steps) > 1 else ''} "
+                                       f"{', '.join(map(str, steps))} ...")
+            elif event.type == "end":
+                state = data.get("state", state)
     job = client.job(job_id)
-    if state not in TERMINAL_STATES:  # the stream's own terminal event is the freshest word
-        state = job.get("state", state)
-    if state == "succeeded":
-        job = wait_final_evaluation(client, job_id, console, printed)
     console.print(f"{job_id}: {state}" + (f" — {job['error']}" if job.get("error") else ""))
     return 0 if state == "succeeded" else 1
-
-
-def wait_final_evaluation(client: GatewayClient, job_id: str, console, printed: set,
-                          timeout_s: float = 600.0) -> dict:
-    """Training is over; the evaluator may still be busy with the last checkpoints.
-    Print the results not shown yet as they arrive, until the final checkpoint's is in."""
-    import time
-
-    job = client.job(job_id)
-    shown = set(printed)
-    final = job.get("last_checkpoint_step") or job.get("step")
-    deadline = time.monotonic() + timeout_s
-    if final not in {e.get("step") for e in evaluations_of(job)}:
-        console.print(f"  waiting for the evaluation of the final checkpoint (step {final}) ...")
-    while True:
-        for e in evaluations_of(job):
-            if e.get("step") not in shown:
-                shown.add(e.get("step"))
-                console.print(f"  evaluated step {e.get('step')}: accuracy {_fmt(e.get('accuracy'), '.3f')}"
-                              f"  recall@5 {_fmt(e.get('recall_at_5'), '.3f')}  loss {_fmt(e.get('loss'))}")
-        if final in shown or time.monotonic() > deadline:
-            return job
-        time.sleep(1.0)
-        job = client.job(job_id)

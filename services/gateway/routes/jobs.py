@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import secrets
 import time
@@ -16,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from incept.fsutil import write_json_atomic
-from incept.jobstate import TERMINAL_STATES
+from incept.jobstate import STREAM_MAXLEN, TERMINAL_STATES
 from incept.layout import NAME_RE
 from incept.spec import parse_spec
 from services.gateway import jobview
@@ -33,6 +34,8 @@ from services.gateway.schemas import ErrorBody, JobCreated, JobDetail, JobList
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=Authorized,
                    responses={401: {"model": ErrorBody}})
+
+log = logging.getLogger(__name__)
 
 SSE_POLL_MS = 1000
 
@@ -133,16 +136,25 @@ def cancel_job(job_id: str, layout: LayoutDep, state: JobStateDep, launcher: Lau
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}},
-                             "description": "Server-sent events: state, progress, checkpoint, eval, export, error"},
+                             "description": "Server-sent events: state, progress, checkpoint, "
+                                            "eval, export, error; once training is over, waiting "
+                                            "(checkpoints still being evaluated) and finally end"},
                        404: {"model": ErrorBody}})
 async def job_events(job_id: str, request: Request, layout: LayoutDep, state: JobStateDep,
                      last_event_id: Annotated[str | None, Header()] = None):
+    """The job's event stream, from ``Last-Event-ID`` on. It stays open after
+    training ends until every checkpoint has its evaluation outcome (the
+    evaluator works on the last checkpoints after the trainer is done) and its
+    events were sent, then says ``end`` and closes."""
     await run_in_threadpool(_get_job, layout, state, job_id, full=False)
     after = last_event_id if last_event_id and re.fullmatch(r"\d+-\d+", last_event_id) else "0-0"
 
     async def stream():
         nonlocal after
         yield "retry: 2000\n\n"
+        final_state: str | None = None  # set once training is over
+        announced: set[tuple[str, int]] | None = None  # (kind, step) of outcome events sent so far
+        waiting: list[int] | None = None
         while not await request.is_disconnected():
             try:
                 events = await run_in_threadpool(state.events, job_id, after, SSE_POLL_MS)
@@ -150,18 +162,75 @@ async def job_events(job_id: str, request: Request, layout: LayoutDep, state: Jo
                 yield "event: error\ndata: {\"error\": \"redis unavailable\"}\n\n"
                 await asyncio.sleep(2)
                 continue
-            finished = False
             for eid, kind, data in events:
                 after = eid
                 yield f"id: {eid}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
-                finished |= kind == "state" and data.get("state") in TERMINAL_STATES
-            if finished:
-                return
-            if not events:
+                if kind == "state":
+                    final_state = data.get("state") if data.get("state") in TERMINAL_STATES else None
+                if announced is not None:
+                    announced |= _outcome_events([(eid, kind, data)])
+            if events:
+                continue  # drain what is queued before looking at the volume
+            if final_state is None:
                 job = await run_in_threadpool(jobview.job_summary, layout, state, job_id)
                 if job and job["state"] in TERMINAL_STATES:
+                    final_state = job["state"]  # its state event is gone (a flushed Redis)
+            if final_state is not None:
+                try:
+                    if announced is None:  # events sent before this connection count too
+                        history = await run_in_threadpool(_history, state, job_id, after)
+                        announced = _outcome_events(history)
+                    settled, pending = await run_in_threadpool(_evaluations_left, layout, job_id,
+                                                               announced)
+                except (OSError, redis.RedisError) as e:  # look again on the next round
+                    log.warning("job %s: cannot check its evaluations: %s", job_id, e)
+                    yield ": keep-alive\n\n"
+                    continue
+                if not pending:
+                    yield f"event: end\ndata: {json.dumps({'state': final_state, **settled})}\n\n"
                     return
-                yield ": keep-alive\n\n"
+                if pending != waiting:
+                    waiting = pending
+                    body = {"state": final_state, "pending_evaluations": pending}
+                    yield f"event: waiting\ndata: {json.dumps(body)}\n\n"
+                    continue
+            yield ": keep-alive\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# An outcome on the volume whose event never reached the stream (a flushed Redis,
+# the reconciler's give-up record) holds the stream no longer than this.
+OUTCOME_EVENT_GRACE_S = 10.0
+
+
+def _history(state, job_id: str, upto: str) -> list[tuple[str, str, dict]]:
+    if upto == "0-0":
+        return []
+    return [e for e in state.events(job_id, "0-0", count=STREAM_MAXLEN)
+            if tuple(map(int, e[0].split("-"))) <= tuple(map(int, upto.split("-")))]
+
+
+def _outcome_events(events) -> set[tuple[str, int]]:
+    return {(kind, data["step"]) for _eid, kind, data in events
+            if kind in ("eval", "export", "error") and isinstance(data.get("step"), int)}
+
+
+def _evaluations_left(layout, job_id: str,
+                      announced: set[tuple[str, int]]) -> tuple[dict, list[int]]:
+    """({evaluated, failed} steps, steps still waiting): a checkpoint waits for
+    its outcome on the volume, and then for that outcome's events to be sent."""
+    outcomes = jobview.checkpoint_outcomes(layout, job_id)
+    pending = [o.step for o in outcomes if o.outcome is None or (
+        not o.events <= announced and not _older_than(o.record, OUTCOME_EVENT_GRACE_S))]
+    settled = {kind: [o.step for o in outcomes if o.outcome == kind]
+               for kind in ("evaluated", "failed")}
+    return settled, pending
+
+
+def _older_than(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False

@@ -263,6 +263,8 @@ async function follow(jobId) {
           else if (line.startsWith("data: ")) event.data += line.slice(6);
         }
         if (event.data) onJobEvent(jobId, event.type, JSON.parse(event.data));
+        // The gateway says end once training is over and every checkpoint is evaluated.
+        if (event.type === "end") { reader.cancel(); return; }
       }
     }
   } catch (e) {
@@ -274,7 +276,10 @@ function onJobEvent(jobId, type, data) {
   if (jobId !== selectedJob) return;
   if (type === "progress") {
     renderProgress({ ...lastJob, ...data });
-  } else if (["state", "eval", "export", "error"].includes(type)) {
+  } else if (type === "waiting") {
+    const steps = data.pending_evaluations || [];
+    $("#job-title").textContent = `${jobId} — ${data.state}, evaluating step${steps.length > 1 ? "s" : ""} ${steps.join(", ")}`;
+  } else if (["state", "eval", "export", "error", "end"].includes(type)) {
     refreshJob();
     loadJobs();
   }

@@ -54,6 +54,16 @@ def images() -> list[bytes]:
     return out
 
 
+def save_checkpoint(layout, job_id: str, step: int) -> None:
+    """A real (small) TensorFlow checkpoint where the trainer saves ``step``."""
+    import tensorflow as tf
+
+    from incept.checkpoints import checkpoint_prefix
+
+    tf.train.Checkpoint(step=tf.Variable(step, dtype=tf.int64)).write(
+        str(checkpoint_prefix(layout.run(job_id), step)))
+
+
 @pytest.fixture
 def make_gateway(layout, redis_url, exported_models) -> Callable:
     """Start the gateway (uvicorn, real port) with settings overrides; stopped after the test."""

@@ -19,7 +19,7 @@ from incept.fsutil import write_json_atomic
 from incept.jobstate import JobState
 from incept.layout import NAME_RE
 from incept.queues import connect, conversion_request_id, train_request_id
-from tests.services.gateway.conftest import TOKEN
+from tests.services.gateway.conftest import TOKEN, save_checkpoint
 
 SPEC = {"dataset": "flowers", "model_name": "tiny", "max_steps": 5, "batch_size": 4}
 
@@ -154,13 +154,104 @@ def test_events_stream_then_end(client, auth, layout, dataset, redis_url):
         assert r.headers["content-type"].startswith("text/event-stream")
         text = "".join(r.iter_text())
     kinds = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("event: ")]
-    assert kinds == ["state", "state", "progress", "state"]
+    # No checkpoint to wait for: the stream ends right after the terminal state.
+    assert kinds == ["state", "state", "progress", "state", "end"]
+    assert json.loads([ln for ln in text.splitlines() if ln.startswith("data: ")][-1][6:]) == {
+        "state": "succeeded", "evaluated": [], "failed": []}
     assert '"step": 3' in text
     last_id = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("id: ")][1]
     with client.stream("GET", f"/v1/jobs/{job_id}/events",
                        headers={**auth, "Last-Event-ID": last_id}) as r:
         resumed = "".join(r.iter_text())
-    assert [ln for ln in resumed.splitlines() if ln.startswith("event: ")] == ["event: progress", "event: state"]
+    assert [ln for ln in resumed.splitlines() if ln.startswith("event: ")] == [
+        "event: progress", "event: state", "event: end"]
+
+
+class _SSE:
+    """Raw server-sent event lines, read one block (event or comment) at a time."""
+
+    def __init__(self, response):
+        self.lines = response.iter_lines()
+
+    def next_block(self) -> dict:
+        block: dict = {}
+        for line in self.lines:
+            if not line:
+                if block:
+                    return block
+                continue
+            name, _, value = line.partition(": ")
+            block[name] = value
+        return block  # the stream closed
+
+    def next_event(self) -> dict:
+        while "event" not in (block := self.next_block()):
+            assert block, "the stream closed"
+        return {**block, "data": json.loads(block["data"])}
+
+
+def _eval_result(job_id: str, step: int, exported_version=None) -> dict:
+    return {"job_id": job_id, "step": step, "accuracy": 0.5 + step / 100, "recall_at_5": 1.0,
+            "loss": 0.4, "num_images": 10, "class_names": ["a", "b"], "blessed": bool(exported_version),
+            "exported_version": exported_version}
+
+
+def test_events_continue_after_training_until_every_checkpoint_is_evaluated(
+        client, auth, layout, dataset, redis_url):
+    import os
+    import time
+
+    from services.evaluator.evaluate import error_record_path
+
+    job_id = client.post("/v1/jobs", json=SPEC, headers=auth).json()["job_id"]
+    run = layout.run(job_id)
+    state = JobState(connect(redis_url))
+    state.set_state(job_id, "running")
+    for step in (2, 4, 6, 8):
+        save_checkpoint(layout, job_id, step)
+        state.emit(job_id, "checkpoint", {"step": step})
+    # Step 2 was evaluated during training; step 4's evaluation failed long ago and
+    # the reconciler's give-up record never made an event: neither holds the stream.
+    write_json_atomic(run.eval_result(2), _eval_result(job_id, 2))
+    state.emit(job_id, "eval", {"step": 2, "accuracy": 0.52})
+    write_json_atomic(error_record_path(run, 4), {"job_id": job_id, "step": 4, "error": "gave up",
+                                                  "failed_at": time.time() - 3600})
+    os.utime(error_record_path(run, 4), (time.time() - 3600, time.time() - 3600))
+    state.set_state(job_id, "succeeded")
+
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth) as r:
+        sse = _SSE(r)
+        kinds = []
+        while (event := sse.next_event())["event"] != "waiting":
+            kinds.append(event["event"])
+        assert kinds == ["state", "state"] + ["checkpoint"] * 4 + ["eval", "state"]
+        assert event["data"] == {"state": "succeeded", "pending_evaluations": [6, 8]}
+        # The evaluator finishes step 6: result on the volume first, then its events.
+        write_json_atomic(run.eval_result(6), _eval_result(job_id, 6, exported_version=3))
+        state.emit(job_id, "eval", {"step": 6, "accuracy": 0.56})
+        assert sse.next_event()["event"] == "eval"
+        # Its export event has not come yet: the stream looked again and waits (no end).
+        assert sse.next_block() == {"": "keep-alive"}
+        state.emit(job_id, "export", {"step": 6, "version": 3, "model": "flowers"})
+        assert sse.next_event()["event"] == "export"
+        assert sse.next_event()["data"] == {"state": "succeeded", "pending_evaluations": [8]}
+        # Step 8 fails: an error record, then the error event; then the stream ends.
+        write_json_atomic(error_record_path(run, 8), {"job_id": job_id, "step": 8, "error": "corrupt",
+                                                      "failed_at": time.time()})
+        state.emit(job_id, "error", {"source": "evaluator", "step": 8, "error": "corrupt"})
+        error = sse.next_event()
+        assert error["event"] == "error"
+        event = sse.next_event()
+        assert event["event"] == "end"
+        assert event["data"] == {"state": "succeeded", "evaluated": [2, 6], "failed": [4, 8]}
+        assert sse.next_block() == {}  # closed
+    # A client reconnecting after the last event (Last-Event-ID) gets the end at once.
+    with client.stream("GET", f"/v1/jobs/{job_id}/events",
+                       headers={**auth, "Last-Event-ID": error["id"]}) as r:
+        sse = _SSE(r)
+        assert sse.next_event()["event"] == "end"
+        assert sse.next_block() == {}
+
 
 
 def test_cancel(client, auth, layout, dataset, redis_url):
@@ -312,3 +403,20 @@ def test_page_and_metrics(client):
     assert client.get("/static/app.js").status_code == 200
     m = client.get("/metrics")
     assert m.status_code == 200 and "http_requests_total" in m.text
+
+
+def test_event_stream_lists_checkpoints_as_the_trainer_does(layout):
+    # The gateway reads checkpoints without importing TensorFlow; same answer.
+    from incept.checkpoints import checkpoint_prefix, list_checkpoints
+    from services.gateway.jobview import checkpoint_outcomes
+
+    job_id = "flowers-20260101-000000-abcdef"
+    run = layout.run(job_id)
+    for step in (3, 7, 9):
+        save_checkpoint(layout, job_id, step)
+    for shard in run.checkpoints.glob(checkpoint_prefix(run, 7).name + ".data-*"):
+        shard.unlink()  # a checkpoint still being written: its data is not all there
+    checkpoint_prefix(run, 9).with_suffix(".index").write_bytes(b"")
+    write_json_atomic(run.eval_result(3), {"step": 3, "exported_version": 1})
+    assert [o.step for o in checkpoint_outcomes(layout, job_id)] == list_checkpoints(run) == [3]
+    assert checkpoint_outcomes(layout, job_id)[0].events == {("eval", 3), ("export", 3)}

@@ -13,7 +13,7 @@ import pytest
 from incept.fsutil import write_json_atomic
 from incept.jobstate import JobState
 from incept.queues import connect
-from tests.services.gateway.conftest import CLASSES, TOKEN
+from tests.services.gateway.conftest import CLASSES, TOKEN, save_checkpoint
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[3] / "artifacts"
@@ -105,4 +105,20 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     width = page.evaluate("document.querySelector('#job-progress-bar').style.width")
     assert width == "85%"
     page.screenshot(path=str(ARTIFACTS / "gateway-page-jobs.png"), full_page=True)
+
+    # Training ends while the last checkpoint is still being evaluated: the page
+    # says so, then shows the late result when the stream delivers it and ends.
+    state = JobState(connect(redis_url))
+    for step in (5, 10, 15, 20):
+        save_checkpoint(layout, job_id, step)
+    state.set_state(job_id, "succeeded", step=20)
+    page.wait_for_function("document.querySelector('#job-title').textContent.includes("
+                           "'succeeded, evaluating step 20')")
+    write_json_atomic(layout.run(job_id).eval_result(20), {
+        "job_id": job_id, "step": 20, "accuracy": 0.95, "recall_at_5": 1.0, "loss": 0.05,
+        "class_names": CLASSES, "confusion_matrix": [[5, 0, 0], [0, 5, 0], [1, 0, 4]]})
+    state.emit(job_id, "eval", {"step": 20, "accuracy": 0.95})
+    page.wait_for_function("document.querySelectorAll('#accuracy-chart circle').length === 4")
+    page.wait_for_function("document.querySelector('#job-title').textContent.endsWith('— succeeded')")
+    assert "(20)" in page.inner_text("#confusion-title")
     assert errors == []
