@@ -190,7 +190,10 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
 
     install_error_handlers(app)
     app.add_middleware(BodyLimit, settings=settings)
-    for router in (health.router, jobs.router, datasets.router, models.router, page.router):
+    # The prediction routes first: every request is matched against the routes in
+    # order (by the router and again by the metrics middleware), and predictions
+    # are the hot path.
+    for router in (models.router, health.router, jobs.router, datasets.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app).expose(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from incept.layout import NAME_RE
@@ -83,9 +86,17 @@ async def predict(name: str, request: Request, layout: LayoutDep, backend: Backe
         images = await run_in_threadpool(read_images, body, content_type, settings)
     result = await backend.predict(name, images)
     metrics.predicted_images.labels(model=name).inc(len(images))
-    return {
+    # Built as PredictResponse documents it and encoded directly: validating our
+    # own answer through the response model cost more than the rest of the route.
+    return JSONResponse({
         "model": result.model, "version": result.version,
-        "predictions": [{"top": [{"label": lb, "score": s} for lb, s in zip(p.labels, p.scores, strict=False)],
-                         "unknown": p.is_unknown, "ood_score": p.ood_score}
+        "predictions": [{"top": [{"label": lb, "score": _finite(s)}
+                                 for lb, s in zip(p.labels, p.scores, strict=False)],
+                         "unknown": p.is_unknown, "ood_score": _finite(p.ood_score)}
                         for p in result.predictions],
-    }
+    })
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN or infinity: null, as pydantic writes them."""
+    return value if math.isfinite(value) else None
