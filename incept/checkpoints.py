@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,14 +44,11 @@ import keras
 import tensorflow as tf
 
 from incept.errors import UserError
-from incept.layout import Layout, RunLayout
+from incept.layout import CHECKPOINT_NAME, Layout, RunLayout
 from incept.spec import JobSpec, SpecError, parse_spec
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "ckpt"
-_PREFIX_RE = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
-_SHARD_RE = re.compile(r"\.data-(\d+)-of-(\d+)$")
 
 
 class CheckpointError(UserError):
@@ -64,36 +60,12 @@ def class_names_path(run: RunLayout) -> Path:
 
 
 def checkpoint_prefix(run: RunLayout, step: int) -> Path:
-    return run.checkpoints / f"{CHECKPOINT_NAME}-{int(step)}"
-
-
-def _is_complete(index: Path) -> bool:
-    """A checkpoint is complete once its index and every data shard it names
-    exist. TensorFlow writes the data shards first and the index last (each
-    via a temporary name), so a reader never sees an index without its data."""
-    try:
-        if index.stat().st_size == 0:
-            return False
-    except FileNotFoundError:
-        return False
-    prefix = index.name[: -len(".index")]
-    shards = [p for p in index.parent.glob(f"{prefix}.data-*") if _SHARD_RE.search(p.name)]
-    if not shards:
-        return False
-    total = int(_SHARD_RE.search(shards[0].name).group(2))
-    return len(shards) == total
+    return run.checkpoint_prefix(step)
 
 
 def list_checkpoints(run: RunLayout) -> list[int]:
     """Steps of the complete checkpoints of a run, ascending."""
-    if not run.checkpoints.is_dir():
-        return []
-    steps = []
-    for path in run.checkpoints.iterdir():
-        m = _PREFIX_RE.match(path.name)
-        if m and _is_complete(path):
-            steps.append(int(m.group(1)))
-    return sorted(steps)
+    return run.complete_checkpoints()
 
 
 class WeightAverages(tf.Module):

@@ -20,6 +20,11 @@ from pathlib import Path
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+# tf.train.CheckpointManager's files: ckpt-<step>.index and ckpt-<step>.data-<i>-of-<n>.
+CHECKPOINT_NAME = "ckpt"
+_CHECKPOINT_INDEX_RE = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
+_CHECKPOINT_SHARD_RE = re.compile(r"\.data-\d+-of-(\d+)$")
+
 
 def check_name(name: str, what: str = "name") -> str:
     """Names become folder names: refuse anything that could escape a folder."""
@@ -46,6 +51,33 @@ class RunLayout:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    def checkpoint_prefix(self, step: int) -> Path:
+        return self.checkpoints / f"{CHECKPOINT_NAME}-{int(step)}"
+
+    def complete_checkpoints(self) -> list[int]:
+        """Steps of the complete checkpoints, ascending: the index and every data
+        shard it names exist. TensorFlow writes the shards first and the index last
+        (each under a temporary name), so a reader never sees an index without its
+        data. Plain file checks, so readers need not import TensorFlow."""
+        if not self.checkpoints.is_dir():
+            return []
+        steps = []
+        for index in self.checkpoints.iterdir():
+            m = _CHECKPOINT_INDEX_RE.match(index.name)
+            if not m:
+                continue
+            try:
+                if index.stat().st_size == 0:
+                    continue
+                prefix = index.name[: -len(".index")]
+                shards = [s for s in (_CHECKPOINT_SHARD_RE.search(p.name)
+                                      for p in self.checkpoints.glob(f"{prefix}.data-*")) if s]
+            except OSError:  # deleted by retention while we looked
+                continue
+            if shards and len(shards) == int(shards[0].group(1)):
+                steps.append(int(m.group(1)))
+        return sorted(steps)
 
     @property
     def train_logs(self) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,41 +107,16 @@ class CheckpointOutcome:
     events: frozenset = frozenset()  # (kind, step) of the events the evaluator emits for it
 
 
-# The checkpoint and evaluation file names (incept.checkpoints, services.evaluator),
-# read here without importing those modules: they import TensorFlow, and a second
-# thread importing TensorFlow while the model loader does breaks both imports.
-_CHECKPOINT_INDEX_RE = re.compile(r"^ckpt-(\d+)\.index$")
-_SHARD_RE = re.compile(r"\.data-\d+-of-(\d+)$")
-
-
-def _complete_checkpoints(run) -> list[int]:
-    """Steps whose index and every data shard it names are there (TensorFlow
-    writes the index last), as incept.checkpoints.list_checkpoints."""
-    if not run.checkpoints.is_dir():
-        return []
-    steps = []
-    for index in run.checkpoints.iterdir():
-        m = _CHECKPOINT_INDEX_RE.match(index.name)
-        if not m:
-            continue
-        with contextlib.suppress(OSError):
-            if index.stat().st_size == 0:
-                continue
-            shards = [_SHARD_RE.search(p.name) for p in
-                      run.checkpoints.glob(f"{index.name[:-len('.index')]}.data-*")]
-            shards = [s for s in shards if s]
-            if shards and len(shards) == int(shards[0].group(1)):
-                steps.append(int(m.group(1)))
-    return sorted(steps)
-
-
+# The evaluation file names (services.evaluator) are read here without importing
+# that module: it imports TensorFlow, and a second thread importing TensorFlow
+# while the model loader does breaks both imports.
 def checkpoint_outcomes(layout: Layout, job_id: str) -> list[CheckpointOutcome]:
     """Every complete checkpoint of the job with its evaluation outcome: a result
     (``eval/<step>.json``; events eval, and export when it was exported) or an
     error record (``eval/<step>.error.json``; event error)."""
     run = layout.run(job_id)
     out = []
-    for step in _complete_checkpoints(run):
+    for step in run.complete_checkpoints():
         result_path, error_path = run.eval_result(step), run.eval_dir / f"{step}.error.json"
         result = _read_json(result_path)
         if isinstance(result, dict):
