@@ -332,6 +332,7 @@ def run_demo(url: str, token: str | None, root: Path, plan: DemoPlan,
         if job.get("state") == "failed":
             console.print(f"[red]the demo job failed[/]: {job.get('error')}")
         show_results(client, job, chosen_data, console)
-    console.print(f"the page: [bold]{url}/[/]  (drop a photo to classify it; jobs view with "
+    page = f"{url}/#token={token}" if token else f"{url}/"
+    console.print(f"the page: [bold]{page}[/]  (drop a photo to classify it; jobs view with "
                   "progress, accuracy per step and the confusion matrix)")
     return job_id

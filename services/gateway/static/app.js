@@ -3,6 +3,13 @@
 
 const $ = (sel) => document.querySelector(sel);
 const tokenInput = $("#token");
+// `incept up` prints the page as .../#token=<token>: the fragment never reaches a
+// server or a log; keep the token and take it out of the address bar.
+const fragmentToken = new URLSearchParams(location.hash.slice(1)).get("token");
+if (fragmentToken) {
+  localStorage.setItem("incept-token", fragmentToken);
+  history.replaceState(null, "", location.pathname + location.search);
+}
 tokenInput.value = localStorage.getItem("incept-token") || "";
 tokenInput.addEventListener("change", () => {
   localStorage.setItem("incept-token", tokenInput.value.trim());

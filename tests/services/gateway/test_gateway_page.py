@@ -122,3 +122,17 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     page.wait_for_function("document.querySelector('#job-title').textContent.endsWith('— succeeded')")
     assert "(20)" in page.inner_text("#confusion-title")
     assert errors == []
+
+
+def test_token_in_the_address_fragment_opens_the_jobs_view(gateway, browser, layout, redis_url):
+    # `incept up` prints the page as /#token=...: the page keeps the token and
+    # drops it from the address bar.
+    job_id = _running_job(layout, redis_url)
+    page = browser.new_page()
+    page.goto(f"{gateway.url}/#token={TOKEN}")
+    assert page.evaluate("location.hash") == ""
+    assert page.input_value("#token") == TOKEN
+    page.click("#tab-jobs")
+    page.wait_for_selector(f"#jobs tbody tr[data-job-id='{job_id}']")
+    page.goto(f"{gateway.url}/")
+    assert page.input_value("#token") == TOKEN
