@@ -20,11 +20,12 @@ import threading
 import time
 
 import redis
+from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from incept.layout import NAME_RE, Layout
-from incept.queues import enqueue_eval, eval_request_id
+from incept.queues import EVAL_QUEUE, enqueue_eval, eval_request_id
 from services.evaluator.locks import eval_lock_name, held_lock, is_locked, lock_ttl_s
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,19 @@ def _abandoned(job: Job) -> bool:
     return time.time() - started.timestamp() > 2 * lock_ttl_s()
 
 
+def _orphaned(conn: redis.Redis, job: Job) -> bool:
+    """Queued, yet in no queue: a worker took it (rq moves it to the queue's
+    intermediate list) and died before marking it started. rq's own maintenance
+    fails such a job only after two of its passes (ten minutes apart by default).
+    The caller has checked that no live worker holds the checkpoint's lock; the age
+    rule leaves a request that a live worker took a moment ago alone."""
+    queue = Queue(EVAL_QUEUE, connection=conn)
+    if queue.get_job_position(job.id) is not None:
+        return False
+    enqueued = job.enqueued_at
+    return enqueued is not None and time.time() - enqueued.timestamp() > 2 * lock_ttl_s()
+
+
 def reconcile(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
     """One pass; returns the (job, step) pairs it asked for."""
     from incept.checkpoints import list_checkpoints
@@ -75,13 +89,17 @@ def reconcile(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
                 request = _fetch(conn, eval_request_id(run.job_id, step))
                 if request is not None:
                     status = request.get_status()
-                    if status in _WAITING or (status == JobStatus.STARTED and not _abandoned(request)):
+                    orphaned = status == JobStatus.QUEUED and _orphaned(conn, request)
+                    if (status in _WAITING and not orphaned) or (
+                            status == JobStatus.STARTED and not _abandoned(request)):
                         continue
                     # Finished without a result (it found the checkpoint busy, and that
                     # worker died), failed, or abandoned: replace it with a fresh request,
                     # a bounded number of times.
                     if _redos_exhausted(conn, run, step, status):
                         continue
+                    if orphaned:
+                        Queue(EVAL_QUEUE, connection=conn).intermediate_queue.remove(request.id)
                     request.delete()
                 if enqueue_eval(conn, run.job_id, step):
                     log.info("reconciler: asked for an evaluation of %s step %d", run.job_id, step)

@@ -58,3 +58,34 @@ def test_gives_up_after_repeated_failures(layout, redis_conn, writer):
     record = error_record_path(writer.run, 5).read_text()
     assert "gave up after" in record
     assert reconcile(layout, redis_conn) == []
+
+
+def test_request_taken_by_a_worker_that_died_before_starting_it_is_replaced(
+        layout, redis_conn, writer, monkeypatch):
+    from rq import Queue
+
+    from incept.queues import EVAL_QUEUE
+
+    for step in (1, 2, 3, 4):
+        write_json_atomic(writer.run.eval_result(step), {"step": step, "accuracy": 0.5})
+    assert enqueue_eval(redis_conn, "rec", 5)
+    queue = Queue(EVAL_QUEUE, connection=redis_conn)
+    # What a worker's dequeue does (into the intermediate list); then it dies
+    # before marking the job started.
+    Queue.lmove(redis_conn, queue.key, timeout=None)
+    assert queue.get_job_position(eval_request_id("rec", 5)) is None
+    assert reconcile(layout, redis_conn) == []  # just taken: a live worker may be starting it
+
+    monkeypatch.setenv("INCEPT_EVAL_LOCK_TTL_S", "0.05")
+    from incept.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        import time
+
+        time.sleep(0.2)
+        assert reconcile(layout, redis_conn) == [("rec", 5)]
+    finally:
+        get_settings.cache_clear()
+    assert queue.get_job_position(eval_request_id("rec", 5)) == 0
+    assert eval_request_id("rec", 5) not in queue.intermediate_queue.get_job_ids()
