@@ -28,6 +28,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from tests.fakes.http import send_json
+
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 SIGNATURE = "serving_default"
 
@@ -116,12 +118,7 @@ def _rest_handler(models: ServedModels):
             pass
 
         def _send(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            send_json(self, status, body)
 
         def _route(self):
             m = _REST_PATH.match(self.path)

@@ -19,6 +19,7 @@ import yaml
 from incept.jobstate import JobState
 from incept.queues import connect
 from services.gateway.launchers.kubernetes import build_job, k8s_job_name
+from tests.fakes.http import send_json
 from tests.services.gateway.conftest import TOKEN
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -75,12 +76,7 @@ class _Recorder:
                 pass
 
             def _reply(self, status: int, body: dict):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body)
 
             def _handle(self):
                 length = int(self.headers.get("Content-Length") or 0)
