@@ -19,9 +19,6 @@ def _add_endpoint(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace) -> GatewayClient:
-    import logging
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     url, token = resolve_endpoint(args.url, args.token, args.data_root)
     return GatewayClient(url, token)
 
