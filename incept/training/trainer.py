@@ -58,6 +58,12 @@ from incept.training.reporting import Reporter
 
 log = logging.getLogger("incept.trainer")
 
+# Steps per call of the compiled train loop are chosen so a call lasts about
+# this long: small steps (a head, a small net) pay one Python round trip per
+# call instead of one per step, while a stop or cancel waits at most this.
+LOOP_SECONDS = 0.2
+MAX_STEPS_PER_CALL = 100
+
 
 @dataclass
 class TrainResult:
@@ -398,12 +404,16 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
         return loss
 
     @tf.function
-    def train_step(it):
-        x, labels = next(it)
-        loss = strategy.reduce(tf.distribute.ReduceOp.SUM,
-                               strategy.run(replica_step, args=(x, labels)), axis=None)
-        if ema is not None:
-            ema.update(tf.cast(optimizer.iterations, tf.int64) - 1)
+    def train_steps(it, n):
+        # n steps in one call (Keras's steps_per_execution): one Python round trip
+        # for many small steps. n is a tensor, so every n shares one trace.
+        loss = tf.constant(0.0)
+        for _ in tf.range(n):
+            x, labels = next(it)
+            loss = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                   strategy.run(replica_step, args=(x, labels)), axis=None)
+            if ema is not None:
+                ema.update(tf.cast(optimizer.iterations, tf.int64) - 1)
         return loss
 
     saved: list[int] = []
@@ -426,7 +436,9 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
         reporter.images(next(iter(sample.take(1)))[0])
 
     preemption, scratch = None, None
-    if distribute.is_multi_worker(strategy) and threading.current_thread() is threading.main_thread():
+    multi_worker = distribute.is_multi_worker(strategy)
+    steps_per_call = 1  # the first call traces; later ones follow LOOP_SECONDS
+    if multi_worker and threading.current_thread() is threading.main_thread():
         # A SIGTERM to one worker must stop all of them at the same step: a worker
         # that stopped alone would leave the others waiting in the next collective.
         preemption, scratch = _cluster_preemption_handler(strategy, lambda: save(step))
@@ -449,17 +461,27 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
                 # stops and saves, through the handler's own SIGTERM path.
                 handed_over = True
                 signal.raise_signal(signal.SIGTERM)
+        n = min(steps_per_call, max_steps - step)
+        if spec.checkpoint_every_steps:
+            n = min(n, spec.checkpoint_every_steps - step % spec.checkpoint_every_steps)
         # The loss stays a tensor (no host sync) except when reported.
+        call_t = time.monotonic()
         if preemption is None:
-            loss_tensor = train_step(iterator)
+            loss_tensor = train_steps(iterator, tf.constant(n, tf.int64))
         else:
             try:
-                loss_tensor = preemption.run(train_step, iterator)
+                loss_tensor = preemption.run(train_steps, iterator, tf.constant(n, tf.int64))
             except _ClusterPreempted:  # every worker saved at this step
                 stop.set("preempted")
                 break
-        step += 1
+        step += n
         now = time.monotonic()
+        if steady_start_step is not None and not multi_worker:
+            # Aim each call at LOOP_SECONDS, so a stop or cancel is still seen
+            # promptly. Multi-worker calls stay at one step: every worker must
+            # run the same steps per call, and their clocks differ.
+            per_step = (now - call_t) / n
+            steps_per_call = max(1, min(MAX_STEPS_PER_CALL, int(LOOP_SECONDS / max(per_step, 1e-6))))
         due = (spec.checkpoint_every_steps and step % spec.checkpoint_every_steps == 0) or (
             spec.checkpoint_every_seconds and now - last_save_t >= spec.checkpoint_every_seconds)
         if steady_start_step is None:
