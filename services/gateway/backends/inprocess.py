@@ -2,15 +2,18 @@
 ``models/<name>/`` is loaded with ``tf.saved_model.load`` and replaced the way
 TF Serving does it (poll, load the new version beside the old one, swap one
 reference, so a request never sees a half-loaded model). Concurrent requests
-are batched: the dispatcher takes everything queued (up to ``batch_max_size``
-images) while the previous batch ran, and waits up to ``batch_max_delay_ms``
-for more only when traffic is concurrent, so a lone request pays no delay."""
+are batched: a model thread takes everything queued (up to ``batch_max_size``
+images) while the previous batch ran, and waits for more only when traffic is
+concurrent and only until the oldest request has waited ``batch_max_delay_ms``,
+so a lone request pays no delay and a busy model no idle gap."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -24,7 +27,7 @@ from services.gateway.backends.base import (
     VersionStatus,
     predictions_from_outputs,
 )
-from services.gateway.errors import BackendUnavailable, BadImage, ModelNotFound
+from services.gateway.errors import ApiError, BackendUnavailable, BadImage, ModelNotFound
 from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,7 @@ class LoadedModel:
 class _Request:
     images: list[bytes]
     future: asyncio.Future
+    queued_at: float  # time.monotonic()
 
 
 @dataclass
@@ -57,10 +61,10 @@ class ModelSlot:
     current: LoadedModel | None = None
     loading: int | None = None
     failed: dict[int, str] = field(default_factory=dict)
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    dispatcher: asyncio.Task | None = None
+    # Fed by the event loop, read by the slot's model thread (None: stop).
+    queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    batcher: threading.Thread | None = None
     load_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last_batch_requests: int = 1
 
 
 class InProcessBackend(PredictionBackend):
@@ -74,9 +78,11 @@ class InProcessBackend(PredictionBackend):
         self.batch_max_delay_s = batch_max_delay_ms / 1000.0
         self.metrics = metrics
         self.slots: dict[str, ModelSlot] = {}
-        # One thread runs the model (TF uses every core inside one call); loading a
-        # new version happens on another so serving goes on meanwhile.
-        self._run_pool = ThreadPoolExecutor(1, thread_name_prefix="incept-predict")
+        # Each model has a thread that forms its batches and runs them (see
+        # _batch_forever); one model call at a time across models (TF uses every
+        # core inside one call). Loading a new version happens on another thread
+        # so serving goes on meanwhile.
+        self._run_lock = threading.Lock()
         self._load_pool = ThreadPoolExecutor(1, thread_name_prefix="incept-load")
         self._poller: asyncio.Task | None = None
 
@@ -84,15 +90,12 @@ class InProcessBackend(PredictionBackend):
         self._poller = asyncio.create_task(self._poll_forever())
 
     async def close(self) -> None:
-        tasks = [self._poller] + [s.dispatcher for s in self.slots.values()]
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._run_pool.shutdown(wait=False, cancel_futures=True)
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._poller
+        for slot in self.slots.values():
+            slot.queue.put(None)  # the thread ends after the batch it runs, if any
         self._load_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- loading -----------------------------------------------------------
@@ -139,7 +142,9 @@ class InProcessBackend(PredictionBackend):
             if not model_dir.is_dir():
                 raise ModelNotFound(f"unknown model {name!r}")
             slot = self.slots[name] = ModelSlot(name)
-            slot.dispatcher = asyncio.create_task(self._dispatch_forever(slot))
+            slot.batcher = threading.Thread(target=self._batch_forever, args=(slot,),
+                                            name=f"incept-predict-{name}", daemon=True)
+            slot.batcher.start()
         return slot
 
     async def _poll_forever(self) -> None:
@@ -173,71 +178,87 @@ class InProcessBackend(PredictionBackend):
             raise ModelNotFound(f"model {model!r} version {version} is not served "
                                 f"(serving version {loaded.version})")
         future = asyncio.get_running_loop().create_future()
-        await slot.queue.put(_Request(images, future))
+        slot.queue.put(_Request(images, future, time.monotonic()))
         served_version, outputs, offset = await future
         preds = predictions_from_outputs(
             {k: v[offset:offset + len(images)] for k, v in outputs.items()}, len(images))
         return PredictResult(model=model, version=served_version, predictions=preds)
 
-    async def _dispatch_forever(self, slot: ModelSlot) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await slot.queue.get()]
-            size = len(batch[0].images)
-            deadline = time.monotonic() + self.batch_max_delay_s
-            while size < self.batch_max_size:
-                if not slot.queue.empty():
-                    item = slot.queue.get_nowait()
-                elif slot.last_batch_requests > 1 and self.batch_max_delay_s > 0:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(slot.queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                else:
-                    break
-                batch.append(item)
-                size += len(item.images)
-            slot.last_batch_requests = len(batch)
-            loaded = slot.current  # captured once: a swap mid-batch cannot split it
-            images = [img for req in batch for img in req.images]
-            if self.metrics:
-                self.metrics.batch_size.observe(len(images))
+    # -- the model thread ----------------------------------------------------
+    # Batches are formed and run off the event loop: as a task on the loop, the
+    # dispatcher only got to start the next batch after the loop had parsed every
+    # request that arrived meanwhile, and the model sat idle for that long.
+
+    def _next_batch(self, slot: ModelSlot, concurrent: bool) -> list[_Request] | None:
+        first = slot.queue.get()
+        if first is None:
+            return None
+        batch, size = [first], len(first.images)
+        deadline = first.queued_at + self.batch_max_delay_s
+        while size < self.batch_max_size:
             try:
-                outputs = await loop.run_in_executor(self._run_pool, _run, loaded, images)
-            except Exception as e:
-                if len(batch) > 1 and isinstance(_classify(e), BadImage):
-                    # One request's image broke the batch: answer each request alone,
+                item = slot.queue.get_nowait()
+            except queue.Empty:
+                remaining = deadline - time.monotonic()
+                if not concurrent or remaining <= 0:
+                    break
+                try:
+                    item = slot.queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is None:
+                slot.queue.put(None)  # stop after this batch
+                break
+            batch.append(item)
+            size += len(item.images)
+        return batch
+
+    def _batch_forever(self, slot: ModelSlot) -> None:
+        concurrent = False
+        while (batch := self._next_batch(slot, concurrent)) is not None:
+            concurrent = len(batch) > 1
+            loaded = slot.current  # captured once: a swap mid-batch cannot split it
+            try:
+                images = [img for req in batch for img in req.images]
+                if self.metrics:
+                    self.metrics.batch_size.observe(len(images))
+                try:
+                    self._answer(batch, loaded, self._call(loaded, images))
+                except BadImage:
+                    if len(batch) == 1:
+                        raise
+                    # One request's image broke the batch: run each request alone,
                     # so only that request gets the error.
                     for req in batch:
-                        await self._run_alone(loaded, req)
-                else:
-                    self._fail(batch, _classify(e))
-                continue
-            offset = 0
-            for req in batch:
-                if not req.future.done():
-                    req.future.set_result((loaded.version, outputs, offset))
-                offset += len(req.images)
+                        try:
+                            self._answer([req], loaded, self._call(loaded, req.images))
+                        except ApiError as e:
+                            self._fail([req], e)
+            except ApiError as e:
+                self._fail(batch, e)
+            except Exception:  # the thread must outlive anything one batch meets
+                log.exception("a batch of model %s failed", slot.name)
+                self._fail(batch, BackendUnavailable("the model failed"))
 
-    async def _run_alone(self, loaded: LoadedModel, req: _Request) -> None:
+    def _call(self, loaded: LoadedModel, images: list[bytes]) -> dict:
         try:
-            outputs = await asyncio.get_running_loop().run_in_executor(
-                self._run_pool, _run, loaded, req.images)
+            with self._run_lock:
+                return _run(loaded, images)
         except Exception as e:
-            self._fail([req], _classify(e))
-            return
-        if not req.future.done():
-            req.future.set_result((loaded.version, outputs, 0))
+            raise _classify(e) from None
 
-    def _fail(self, batch: list[_Request], err: Exception) -> None:
+    @staticmethod
+    def _answer(batch: list[_Request], loaded: LoadedModel, outputs: dict) -> None:
+        answers, offset = [], 0
+        for req in batch:
+            answers.append((req.future, (loaded.version, outputs, offset)))
+            offset += len(req.images)
+        _settle(answers)
+
+    def _fail(self, batch: list[_Request], err: ApiError) -> None:
         if self.metrics:
             self.metrics.backend_errors.labels(backend=self.name, kind=type(err).__name__).inc()
-        for req in batch:
-            if not req.future.done():
-                req.future.set_exception(err)
+        _settle([(req.future, err) for req in batch])
 
     async def model_status(self, model: str) -> ModelStatus:
         slot = self._slot(model)
@@ -250,6 +271,24 @@ class InProcessBackend(PredictionBackend):
             versions.append(VersionStatus(slot.loading, "LOADING"))
         versions += [VersionStatus(v, "END", err) for v, err in sorted(slot.failed.items())]
         return ModelStatus(model, sorted(versions, key=lambda v: -v.version))
+
+
+def _settle(answers: list[tuple[asyncio.Future, object]]) -> None:
+    """Answer requests from the model thread with one wake-up of the event loop
+    (every request of a backend comes from its app's loop); a request whose
+    client went away meanwhile is skipped."""
+
+    def resolve():
+        for future, outcome in answers:
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+        answers[0][0].get_loop().call_soon_threadsafe(resolve)
 
 
 def _run(loaded: LoadedModel, images: list[bytes]) -> dict:
