@@ -4,12 +4,11 @@ checked to be a JPEG or PNG with a readable header, within the size limits."""
 
 from __future__ import annotations
 
-import base64
 import binascii
 import io
-import json
 import warnings
 
+import pybase64
 from PIL import Image
 from pydantic import ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -50,21 +49,23 @@ def check_image(data: bytes, what: str, settings: Settings) -> None:
 
 
 def images_from_json(body: bytes) -> list[bytes]:
+    # Parsed and validated in one pass by pydantic's JSON parser, and the base64
+    # decoded (and checked) by pybase64's SIMD code: a 25 kB JPEG arrives as 34 kB
+    # of base64, which the standard library decodes 25x slower.
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(f"invalid JSON: {e}", status_code=422) from None
-    try:
-        request = PredictRequest.model_validate(data)
+        request = PredictRequest.model_validate_json(body)
     except ValidationError as e:
-        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        errors = e.errors(include_url=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            raise ApiError(f"invalid JSON: {errors[0]['ctx']['error']}", status_code=422) from None
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in errors]
         raise ApiError('expected {"instances": [{"b64": "<base64 image>"}, ...]}', status_code=422,
                        problems=problems[:20]) from None
     images = []
     for i, inst in enumerate(request.instances):
         b64 = inst.b64 if hasattr(inst, "b64") else next(iter(inst.values())).b64
         try:
-            images.append(base64.b64decode(b64, validate=True))
+            images.append(pybase64.b64decode(b64, validate=True))
         except (binascii.Error, ValueError):
             raise ApiError(f"instances[{i}].b64 is not valid base64") from None
     return images
