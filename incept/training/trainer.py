@@ -391,12 +391,16 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
                                                   for k in kernels]) / replicas
         return loss
 
-    @tf.function(jit_compile=bool(xla))
     def compute_gradients(x, labels):
         with tf.GradientTape() as tape:
             loss = losses(forward(x, training=True), labels)
             scaled = optimizer.scale_loss(loss) if mixed else loss
         return loss, tape.gradient(scaled, var_list)
+
+    if xla:
+        # XLA compiles the forward and backward pass only; without it the step
+        # stays one graph, which Grappler optimizes as a whole.
+        compute_gradients = tf.function(compute_gradients, jit_compile=True)
 
     def replica_step(x, labels):
         loss, grads = compute_gradients(x, labels)
