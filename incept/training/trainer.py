@@ -470,11 +470,12 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
             n = min(n, spec.checkpoint_every_steps - step % spec.checkpoint_every_steps)
         # The loss stays a tensor (no host sync) except when reported.
         call_t = time.monotonic()
+        n_tensor = tf.constant(n, tf.int64)
         if preemption is None:
-            loss_tensor = train_steps(iterator, tf.constant(n, tf.int64))
+            loss_tensor = train_steps(iterator, n_tensor)
         else:
             try:
-                loss_tensor = preemption.run(train_steps, iterator, tf.constant(n, tf.int64))
+                loss_tensor = preemption.run(train_steps, iterator, n_tensor)
             except _ClusterPreempted:  # every worker saved at this step
                 stop.set("preempted")
                 break
