@@ -44,6 +44,7 @@ from _common import bench_parser, goal, report
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = Path(__file__).resolve().parent
+HEAD_DATASET = "heads"  # the head-only measurement's images, shared by its child processes
 HEADS = {"inception_v4": ["InceptionV4/Logits", "InceptionV4/AuxLogits/Aux_logits"],
          "tiny": ["TinyNet/Logits", "TinyNet/AuxLogits/Aux_logits"]}
 
@@ -114,7 +115,7 @@ def head_only_job_seconds(root: Path, size: int) -> tuple[float, float]:
     from incept.training.trainer import train
 
     layout = Layout(root).ensure()
-    write_spec(layout, "heads", seed_spec("heads", "inception_v4", size))
+    write_spec(layout, "heads", seed_spec(HEAD_DATASET, "inception_v4", size))
     start = time.perf_counter()
     result = train("heads", layout, handle_signals=False, show_bar=False, progress_interval_s=60)
     return time.perf_counter() - start, result.feature_seconds
@@ -125,10 +126,10 @@ def head_only(root: Path, images: int, source: Path | None, size: int, rounds: i
     another's warm-up; rounds alternate the order (forward, job, job, forward...)
     and each side keeps its fastest run: this VM's speed drifts by up to ~1.7x
     for seconds at a time, and the least time is the one least disturbed."""
-    make_data(root, "heads", images, source, (320, 240))
+    make_data(root, HEAD_DATASET, images, source, (320, 240))
     scratch, warm, wall, feature = [], [], [], []
     for r in range(rounds):
-        for what in (("forward", "heads") if r % 2 == 0 else ("heads", "forward")):
+        for what in (("forward", "head-timed") if r % 2 == 0 else ("head-timed", "forward")):
             out = run_child(root / f"{what}-{r}", what, "inception_v4", size, images, source,
                             dataset_root=root)
             (scratch if what == "forward" else wall).append(out[0])
@@ -249,9 +250,9 @@ def child(args) -> None:
     if args.datasets_from:
         shutil.copytree(args.datasets_from / "datasets", args.root / "datasets")
     if args.child == "forward":
-        print(*forward_seconds(args.root / "datasets" / "heads", args.model, args.size))
+        print(*forward_seconds(args.root / "datasets" / HEAD_DATASET, args.model, args.size))
         return
-    if args.child == "heads":
+    if args.child == "head-timed":
         print(*head_only_job_seconds(args.root, args.size))
         return
     layout = Layout(args.root).ensure()
@@ -294,7 +295,7 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="class folders of real photos")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     # Internal: one measured trainer process.
-    parser.add_argument("--child", choices=["head", "full", "forward", "heads"],
+    parser.add_argument("--child", choices=["head", "full", "forward", "head-timed"],
                         help=argparse_hidden())
     parser.add_argument("--datasets-from", type=Path, help=argparse_hidden())
     parser.add_argument("--root", type=Path, help=argparse_hidden())
