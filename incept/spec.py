@@ -75,7 +75,7 @@ class JobSpec(BaseModel):
 
     # Hardware.
     mixed_precision: bool | None = Field(None, description="Default: on when a GPU is present.")
-    xla: bool | None = Field(None, description="Default: on when a GPU is present.")
+    xla: bool | None = Field(None, description="Default: on with a GPU, and on a CPU for the full path (not for head-only).")
     seed: int = 0
 
     @model_validator(mode="after")

@@ -90,6 +90,17 @@ def is_head_only(spec: JobSpec) -> bool:
         any(s.rstrip("/") == h or s.startswith(h + "/") for h in heads) for s in spec.trainable_scopes)
 
 
+def default_xla(head_only: bool) -> bool:
+    """XLA unless the spec says: on a GPU, and on a CPU for the full path.
+    A full step is long chains of convolution, batch norm and ReLU whose
+    fusion XLA's CPU backend does well: measured on 2 cores, a training step
+    took 12-15 % less time for Inception v4 at 149 px and 15-25 % less for the
+    tiny net, for a longer first step (+35 s and +4 s). (Keras's fit leaves XLA
+    off on CPU-only machines.) A head-only step on a CPU is two small matrix
+    products: nothing to fuse, the compile would be pure cost."""
+    return distribute.has_gpu() or not head_only
+
+
 def weights_digest(variables) -> str:
     """A digest of the trained variables: equal on all workers of a synchronous
     job. (Batch-norm moving statistics are per worker, as in Keras: the chief's
@@ -295,8 +306,8 @@ def _train(spec, job_id, run, layout, info, dataset_dir, strategy, chief, report
            max_steps, path, progress_interval_s) -> TrainResult:
     num_classes, num_train = info.num_classes, info.count("train")
     mixed = spec.mixed_precision if spec.mixed_precision is not None else distribute.has_gpu()
-    xla = spec.xla if spec.xla is not None else distribute.has_gpu()
     head_only = path == "head_only" or (path == "auto" and is_head_only(spec))
+    xla = spec.xla if spec.xla is not None else default_xla(head_only)
     if path == "head_only" and not is_head_only(spec):
         raise UserError("the head-only path needs trainable_scopes within the net's heads")
     image_size = spec.resolved_image_size()
