@@ -107,17 +107,24 @@ def _compute(model, dataset_dir, split: str, image_size: int, view: int, seed: i
     # An autotuned buffer of decoded batches (~1 MB per image at 299 px) grows
     # with the length of the pass, and with it the trainer's peak memory.
     ds = ds.batch(batch).prefetch(2)
-    run, names = _backbone_fn(model)
-    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    run, _ = _backbone_fn(model)
+    # Filled in place: one copy of the features, not a list of batches plus
+    # their concatenation.
+    out: dict[str, np.ndarray] = {}
+    done = 0
     for images in ds:
         real = int(images.shape[0])
         if real < batch:
             # Pad the last batch: one traced shape for the whole pass.
             images = tf.pad(images, [[0, batch - real], [0, 0], [0, 0], [0, 0]])
-        out = run(images)
-        for n in names:
-            chunks[n].append(out[n].numpy()[:real])
-    return {n: np.concatenate(c) for n, c in chunks.items()}
+        for n, value in run(images).items():
+            if n not in out:
+                out[n] = np.empty((count, *value.shape[1:]), np.float16)
+            out[n][done:done + real] = value.numpy()[:real]
+        done += real
+    if done != count:
+        raise ValueError(f"{dataset_dir} {split}: read {done} images, its info says {count}")
+    return out
 
 
 def _save_atomic(path: Path, arrays: dict) -> None:
@@ -167,8 +174,10 @@ def split_features(model, cache_root: Path, key: str, dataset_dir, split: str, i
         pre.append(arrays["pre_logits"])
         if "aux_pre_logits" in arrays:
             aux.append(arrays["aux_pre_logits"])
-    result.pre_logits = np.stack(pre)
-    result.aux_pre_logits = np.stack(aux) if aux else None
+    # One view (the default): a view axis on its array, not a stacked copy.
+    stack = np.stack if len(wanted) > 1 else (lambda arrays: arrays[0][None])
+    result.pre_logits = stack(pre)
+    result.aux_pre_logits = stack(aux) if aux else None
     return result
 
 
