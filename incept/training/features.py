@@ -79,7 +79,7 @@ def _backbone_fn(model):
         out = model(images, training=False)
         return {k: tf.cast(out[k], tf.float16) for k in names}
 
-    return run, names
+    return run
 
 
 def pass_batch_size(count: int) -> int:
@@ -107,7 +107,7 @@ def _compute(model, dataset_dir, split: str, image_size: int, view: int, seed: i
     # An autotuned buffer of decoded batches (~1 MB per image at 299 px) grows
     # with the length of the pass, and with it the trainer's peak memory.
     ds = ds.batch(batch).prefetch(2)
-    run, _ = _backbone_fn(model)
+    run = _backbone_fn(model)
     # Filled in place: one copy of the features, not a list of batches plus
     # their concatenation.
     out: dict[str, np.ndarray] = {}
