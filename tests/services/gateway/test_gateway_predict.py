@@ -198,7 +198,8 @@ def test_no_servable_version_is_503_and_a_broken_export_is_not_served(make_gatew
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             versions = c.get("/v1/models/flowers").json()["versions"]
-            if any(v["version"] == 2 for v in versions):
+            # Listed as LOADING first (as TF Serving does), then END once the load failed.
+            if any(v["version"] == 2 and v["state"] not in ("START", "LOADING") for v in versions):
                 break
             time.sleep(0.2)
         assert {"version": 1, "state": "AVAILABLE", "error": ""} in versions
