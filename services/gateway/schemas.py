@@ -53,6 +53,7 @@ class JobDetail(JobSummary):
     learning_rate: float | None = None
     images_per_sec: float | None = None
     eta_s: float | None = None
+    path: str | None = Field(None, description="head_only (heads over cached backbone features) or full.")
     last_checkpoint_step: int | None = None
     latest_eval: dict[str, Any] | None = None
     evaluations: list[Evaluation] = Field(default_factory=list)

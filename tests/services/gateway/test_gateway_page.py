@@ -54,6 +54,8 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(gateway.url + "/")
     page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    # Before a photo is chosen there is no result (and no broken image) on screen.
+    assert not page.is_visible("#result") and not page.is_visible("#preview")
 
     # Pick a photo: preview, one bar per class, a verdict naming a class.
     page.select_option("#model", "flowers")
@@ -92,18 +94,24 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     assert "85.0% (step 10)" in page.inner_text(f"#jobs tbody tr[data-job-id='{job_id}']")
     page.click(f"#jobs tbody tr[data-job-id='{job_id}']")
     page.wait_for_selector("#job:not([hidden])")
-    assert page.locator("#accuracy-chart circle").count() == 3
+    assert page.locator("#accuracy-chart circle.s0").count() == 3
+    assert page.locator("#accuracy-chart polyline.s0").count() == 1  # accuracy as a line
+    assert page.locator("#accuracy-chart polyline.s1").count() == 1  # recall@5 beside it
     assert page.locator("#accuracy-chart circle.best").count() == 1
     assert page.locator("#confusion tr").count() == 1 + len(CLASSES)
     assert "(10)" in page.inner_text("#confusion-title")
 
     time.sleep(0.5)  # let the event stream connect, then the trainer reports progress
-    JobState(connect(redis_url)).emit(job_id, "progress", {"step": 17, "loss": 0.123,
-                                                           "images_per_sec": 42.0, "eta_s": 9})
+    for step, loss in ((16, 0.2), (17, 0.123)):
+        JobState(connect(redis_url)).emit(job_id, "progress", {
+            "step": step, "loss": loss, "lr": 0.001, "images_per_sec": 42.0, "eta_s": 9})
     page.wait_for_function("document.querySelector('#job-progress').textContent.includes('step 17 of 20')")
     assert "42.0 images/s" in page.inner_text("#job-progress")
+    assert "cached features" not in page.inner_text("#job-progress")  # a full fine-tune
     width = page.evaluate("document.querySelector('#job-progress-bar').style.width")
     assert width == "85%"
+    page.wait_for_selector("#loss-chart polyline.s0")  # loss and learning rate as curves
+    assert page.locator("#lr-chart polyline.s0").count() == 1
     page.screenshot(path=str(ARTIFACTS / "gateway-page-jobs.png"), full_page=True)
 
     # Training ends while the last checkpoint is still being evaluated: the page
@@ -118,7 +126,7 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
         "job_id": job_id, "step": 20, "accuracy": 0.95, "recall_at_5": 1.0, "loss": 0.05,
         "class_names": CLASSES, "confusion_matrix": [[5, 0, 0], [0, 5, 0], [1, 0, 4]]})
     state.emit(job_id, "eval", {"step": 20, "accuracy": 0.95})
-    page.wait_for_function("document.querySelectorAll('#accuracy-chart circle').length === 4")
+    page.wait_for_function("document.querySelectorAll('#accuracy-chart circle.s0').length === 4")
     page.wait_for_function("document.querySelector('#job-title').textContent.endsWith('— succeeded')")
     assert "(20)" in page.inner_text("#confusion-title")
     assert errors == []
@@ -130,9 +138,64 @@ def test_token_in_the_address_fragment_opens_the_jobs_view(gateway, browser, lay
     job_id = _running_job(layout, redis_url)
     page = browser.new_page()
     page.goto(f"{gateway.url}/#token={TOKEN}")
-    assert page.evaluate("location.hash") == ""
+    assert TOKEN not in page.evaluate("location.href")
     assert page.input_value("#token") == TOKEN
     page.click("#tab-jobs")
     page.wait_for_selector(f"#jobs tbody tr[data-job-id='{job_id}']")
     page.goto(f"{gateway.url}/")
-    assert page.input_value("#token") == TOKEN
+    assert page.input_value("#token") == TOKEN  # kept for this tab (session storage)
+    assert page.evaluate("localStorage.length") == 0
+    other_tab = browser.new_page()  # another tab starts without it
+    other_tab.goto(f"{gateway.url}/")
+    assert other_tab.input_value("#token") == ""
+
+
+def test_one_evaluated_step_is_a_level_line_and_head_only_rate_says_so(gateway, browser, layout,
+                                                                        redis_url):
+    job_id = "flowers-20260101-000001-abcdef"
+    run = layout.run(job_id)
+    write_json_atomic(run.spec, {"dataset": "flowers", "model_name": "tiny", "max_steps": 20})
+    write_json_atomic(run.eval_result(10), {
+        "job_id": job_id, "step": 10, "accuracy": 0.6, "recall_at_5": 1.0, "loss": 0.4,
+        "class_names": CLASSES, "confusion_matrix": [[4, 1, 0], [0, 5, 0], [1, 0, 4]]})
+    state = JobState(connect(redis_url))
+    state.create(job_id, max_steps=20)
+    state.set_state(job_id, "running", step=10, path="head_only", images_per_sec=6732.6)
+    page = browser.new_page()
+    page.goto(f"{gateway.url}/#token={TOKEN}")
+    page.goto(f"{gateway.url}/#jobs/{job_id}")  # the address opens the job
+    page.wait_for_selector("#job:not([hidden])")
+    assert "6732.6 images/s (heads over cached features)" in page.inner_text("#job-progress")
+    level = page.locator("#accuracy-chart line.level.s0")
+    assert level.count() == 1
+    x1, x2 = (float(level.get_attribute(a)) for a in ("x1", "x2"))
+    assert x2 - x1 > 300  # across the chart, not a dot
+    assert "60%" in page.get_attribute("#accuracy-chart", "aria-label")
+
+
+@pytest.mark.parametrize("protect", [True, False])
+def test_page_with_and_without_protected_predictions(make_gateway, browser, images, protect):
+    gateway = make_gateway(protect_predict=protect)
+    page = browser.new_page()
+    page.goto(gateway.url + "/")
+    if protect:  # no token: a clear message where the models would be
+        page.wait_for_selector("#predict-error:not([hidden])")
+        assert "needs an API token" in page.inner_text("#predict-error")
+        page.fill("#token", "not-the-token")
+        page.dispatch_event("#token", "change")
+        page.wait_for_function("document.querySelector('#predict-error').textContent"
+                               ".includes('does not accept this token')")
+        page.fill("#token", TOKEN)
+        page.dispatch_event("#token", "change")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    assert page.is_hidden("#predict-error")
+    page.set_input_files("#file", files=[{"name": "photo.jpg", "mimeType": "image/jpeg",
+                                          "buffer": images[0]}])
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.locator("#bars .bar").count() == len(CLASSES)
+    # The jobs always need the token: without it the page says so.
+    page.fill("#token", "")
+    page.dispatch_event("#token", "change")
+    page.click("#tab-jobs")
+    page.wait_for_selector("#jobs-error:not([hidden])")
+    assert "needs an API token" in page.inner_text("#jobs-error")
