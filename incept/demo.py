@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
+import shutil
 import tarfile
 import tempfile
 import time
@@ -120,9 +122,11 @@ def choose_weights(checkpoint: str | None, root: Path, console: Console) -> Demo
         if not (prefix.is_file() or Path(f"{prefix}.index").is_file()):
             raise UserError(f"CHECKPOINT={checkpoint}: no such checkpoint (expected a file, or a "
                             f"prefix with {prefix.name}.index beside it)")
-        console.print(f"weights: the Inception v4 checkpoint {prefix}")
+        inside = _into_data_root(prefix, root)
+        console.print(f"weights: the Inception v4 checkpoint {prefix}"
+                      + (f" (linked into the data root as {inside})" if inside != prefix else ""))
         console.print(HEAD_ONLY_NOTE)
-        return DemoWeights(str(prefix), "given")
+        return DemoWeights(str(inside), "given")
     found = _try_download("checkpoint", root / "pretrained", console)
     if found is not None:
         console.print(f"weights: the official Inception v4 checkpoint ({found})")
@@ -133,6 +137,31 @@ def choose_weights(checkpoint: str | None, root: Path, console: Console) -> Demo
                   "so the demo trains the tiny test network from scratch at a small image size "
                   "(a few minutes). Give CHECKPOINT=PREFIX for the real fine-tuning.[/]")
     return DemoWeights(None, "random")
+
+
+def _into_data_root(prefix: Path, root: Path) -> Path:
+    """The services read base checkpoints only inside the data root: a checkpoint
+    given from elsewhere is hard-linked (else copied) into pretrained/given/ once."""
+    root = root.resolve()
+    if root in prefix.parents:
+        return prefix
+    dest = root / "pretrained" / "given"
+    dest.mkdir(parents=True, exist_ok=True)
+    files = [p for p in prefix.parent.iterdir() if p.is_file() and (
+        p.name == prefix.name or p.name.startswith(prefix.name + ".")
+        and p.name[len(prefix.name):].startswith((".index", ".data-", ".meta")))]
+    for src in files:
+        dst = dest / src.name
+        if dst.exists() and dst.stat().st_size == src.stat().st_size:
+            continue
+        partial = dst.with_name(dst.name + ".partial")
+        partial.unlink(missing_ok=True)
+        try:
+            os.link(src, partial)
+        except OSError:  # another file system
+            shutil.copyfile(src, partial)
+        os.replace(partial, dst)
+    return dest / prefix.name
 
 
 def demo_spec(data: DemoData, weights: DemoWeights) -> dict:

@@ -99,9 +99,13 @@ class RunLayout:
 @dataclass(frozen=True)
 class Layout:
     root: Path
+    # Folders outside the root that base checkpoints may also come from (a setting).
+    checkpoint_roots: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
+        object.__setattr__(self, "checkpoint_roots",
+                           tuple(Path(r).resolve() for r in self.checkpoint_roots))
 
     @property
     def datasets(self) -> Path:
@@ -145,8 +149,43 @@ class Layout:
             raise ValueError(f"path {str(path)!r} is outside the data root")
         return full
 
+    def base_checkpoint(self, value: str | Path) -> Path:
+        """A spec's base checkpoint prefix, confined to the data root and the
+        ``checkpoint_roots``. A relative path is looked up under the root, then
+        under pretrained/; ``..`` and symlinks (of the prefix and of every file
+        beside it) are resolved before the check, so nothing leads outside. The
+        refusal reads the same whether or not the path exists."""
+        p = Path(value)
+        candidates = [p] if p.is_absolute() else [self.root / p, self.pretrained / p]
+        allowed = (self.root, *self.checkpoint_roots)
+        found = [_prefix_files(c) for c in candidates]
+        if not all(_within(f, allowed) for files in found for f in files):
+            where = "the data root" + (" or the allowed checkpoint roots" if self.checkpoint_roots else "")
+            raise ValueError(f"checkpoint {str(value)!r} is not inside {where}")
+        return next((files[0] for files in found if files[1:]), found[0][0])
+
     def ensure(self) -> Layout:
         for d in (self.datasets, self.uploads, self.runs, self.models, self.feature_cache,
                   self.pretrained):
             d.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def _within(path: Path, roots: tuple[Path, ...]) -> bool:
+    return any(path == r or r in path.parents for r in roots)
+
+
+def _prefix_files(prefix: Path) -> list[Path]:
+    """The resolved prefix, then every file TensorFlow would open for it (the
+    prefix itself for a V1 checkpoint, ``.index`` and ``.data-*`` for V2),
+    each with its symlinks resolved."""
+    try:
+        prefix = prefix.resolve()
+        files = [prefix]
+        if prefix.parent.is_dir():
+            files += [p.resolve() for p in prefix.parent.iterdir() if p.name == prefix.name or (
+                p.name.startswith(prefix.name)
+                and p.name[len(prefix.name):].startswith((".index", ".data-", ".meta")))]
+    except (OSError, RuntimeError):
+        return [prefix, Path("/")]  # unreadable: treat it as outside
+    return files

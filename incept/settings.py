@@ -19,6 +19,9 @@ class Settings(BaseSettings):
 
     # Shared volume and Redis
     data_root: Path = Field(Path("var"), description="Root of the shared volume (datasets, runs, models, cache).")
+    checkpoint_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders outside the data root that a spec's base checkpoint may come from (comma-separated).")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the queues and live job state.")
 
     # Gateway
@@ -61,6 +64,8 @@ class Settings(BaseSettings):
                                    description="The batch/v1 Job template the Kubernetes launcher fills in.")
     k8s_kubeconfig: Path | None = Field(
         None, description="A kubeconfig for the Kubernetes launcher (default: in-cluster, else ~/.kube/config).")
+    trainer_memory_bytes: int | None = Field(
+        None, gt=0, description="Memory of one trainer, for the gateway's job checks (default: the gateway's own cgroup limit).")
     trainer_image: str = Field("incept-trainer:0.1.0", description="Image of the trainer Jobs.")
     # Multi-node training from a Kubernetes Indexed Job (incept.training.distribute
     # builds TF_CONFIG from these and JOB_COMPLETION_INDEX).
@@ -74,7 +79,7 @@ class Settings(BaseSettings):
     eval_lock_ttl_s: float = Field(
         15.0, gt=0, description="A killed evaluator's per-checkpoint lock expires after this long.")
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "checkpoint_roots", mode="before")
     @classmethod
     def _split_tokens(cls, value: object) -> object:
         if isinstance(value, str):
@@ -89,7 +94,7 @@ class Settings(BaseSettings):
 
     @property
     def layout(self) -> Layout:
-        return Layout(self.data_root)
+        return Layout(self.data_root, tuple(self.checkpoint_roots))
 
 
 @lru_cache

@@ -13,6 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from incept.errors import UserError
 from incept.layout import NAME_RE, Layout
+from incept.resources import INPUT_BYTES_PER_PIXEL, MAX_STEPS
+
+# One float32 input batch may not exceed this, whatever the worker has
+# (4096 x 1024 px would be 51.5 GB).
+MAX_BATCH_INPUT_BYTES = 4 * 1024**3
+MAX_EPOCHS = 100_000
+MAX_KEEP_CHECKPOINTS = 100
 
 
 class SpecError(UserError, ValueError):
@@ -56,8 +63,8 @@ class JobSpec(BaseModel):
     dropout_keep_prob: float | None = Field(None, gt=0, le=1,
                                             description="Keep probability before the logits (default: the net's, 0.8).")
     batch_size: int = Field(32, ge=1, le=4096)
-    max_steps: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    epochs: float | None = Field(None, gt=0, le=MAX_EPOCHS)
 
     # Data.
     augment: bool = Field(True, description="slim's train preprocessing (random crop, flip, colour).")
@@ -67,7 +74,7 @@ class JobSpec(BaseModel):
     # Checkpoints.
     checkpoint_every_steps: int | None = Field(None, ge=1)
     checkpoint_every_seconds: float | None = Field(600.0, gt=0)
-    keep_checkpoints: int = Field(5, ge=1)
+    keep_checkpoints: int = Field(5, ge=1, le=MAX_KEEP_CHECKPOINTS)
 
     # Evaluation and export.
     bless_threshold: float | None = Field(None, ge=0, le=1,
@@ -92,6 +99,12 @@ class JobSpec(BaseModel):
         from incept.nets import net_info
 
         return self.image_size or net_info(self.model_name).default_image_size
+
+    def total_steps(self, num_train: int) -> int:
+        """Optimizer steps of the whole job over ``num_train`` training images."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, -(-int(self.epochs * num_train) // self.batch_size))
 
     def dataset_dir(self, layout: Layout) -> Path:
         """The dataset folder, resolved inside the data root (a bare name means datasets/<name>)."""
@@ -127,10 +140,22 @@ def _cross_field_problems(values: dict) -> list[str]:
         size = values.get("image_size")
         if isinstance(size, int) and size < info.min_image_size:
             problems.append(f"image_size: {model_name} needs at least {info.min_image_size} px")
+        problems += _batch_problems(values.get("batch_size"), size or info.default_image_size)
     served = values.get("served_model_name")
     if served is not None and not (isinstance(served, str) and NAME_RE.match(served)):
         problems.append("served_model_name: use letters, digits, '_', '-', '.'")
     return problems
+
+
+def _batch_problems(batch_size: object, size: object) -> list[str]:
+    if not (isinstance(batch_size, int) and isinstance(size, int)):
+        return []
+    needed = batch_size * size * size * INPUT_BYTES_PER_PIXEL
+    if needed <= MAX_BATCH_INPUT_BYTES:
+        return []
+    return [f"batch_size: {batch_size} x image_size {size}: one float32 input batch is "
+            f"{needed / 1024**3:.1f} GiB, more than {MAX_BATCH_INPUT_BYTES // 1024**3} GiB; "
+            "use a smaller batch or image size"]
 
 
 def _problems(err: ValidationError) -> list[str]:

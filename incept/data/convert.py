@@ -29,6 +29,7 @@ from incept.data._swap import replace_directory
 from incept.data.images import SourceImage, read_source_image
 from incept.errors import UserError
 from incept.fsutil import fsync_tree, write_json_atomic
+from incept.resources import limits as resource_limits
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,8 @@ def _write_dataset(source: _Source, split: dict[str, list[tuple[str, int]]], tmp
     converted: list[tuple[str, str]] = []
     digests: dict[str, str] = {}
     shard_files: dict[str, list[str]] = {}
-    workers = workers or os.cpu_count() or 2
+    # The cgroup's CPU quota, not the host's cores (os.cpu_count() in a container).
+    workers = workers or resource_limits().threads
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
         for split_name in SPLITS:
             items = split[split_name]

@@ -47,6 +47,4 @@ def current_learning_rate(optimizer) -> float:
 
 
 def steps_for(spec: JobSpec, num_train: int) -> int:
-    if spec.max_steps is not None:
-        return spec.max_steps
-    return max(1, -(-int(spec.epochs * num_train) // spec.batch_size))
+    return spec.total_steps(num_train)

@@ -51,6 +51,8 @@ from incept.checkpoints import (
 from incept.errors import UserError
 from incept.fsutil import write_json_atomic
 from incept.layout import Layout
+from incept.resources import job_resource_problems
+from incept.resources import limits as resource_limits
 from incept.spec import JobSpec
 from incept.training import distribute, features, inputs, optim
 from incept.training.redis_link import RedisLink
@@ -113,15 +115,14 @@ def weights_digest(variables) -> str:
 
 
 def resolve_checkpoint(layout: Layout, value: str | None) -> Path | None:
+    """The spec's base checkpoint, confined to the data root (and the allowed
+    checkpoint roots) here again: the spec on the volume is not trusted."""
     if not value:
         return None
-    p = Path(value)
-    if p.is_absolute():
-        return p
-    for base in (layout.root, layout.pretrained):
-        if Path(f"{base / p}.index").exists():
-            return base / p
-    return layout.resolve_inside(p)
+    try:
+        return layout.base_checkpoint(value)
+    except ValueError as e:
+        raise UserError(f"checkpoint: {e}") from None
 
 
 class _Stop:
@@ -222,6 +223,10 @@ def _load_job(run, layout: Layout, chief: bool):
     if num_train < spec.batch_size:
         raise UserError(f"dataset {dataset_dir} has {num_train} training images, fewer than "
                         f"batch_size {spec.batch_size}")
+    resolve_checkpoint(layout, spec.checkpoint)
+    problems = job_resource_problems(spec, num_train, resource_limits().memory_bytes)
+    if problems:
+        raise UserError("the job does not fit this trainer: " + "; ".join(problems))
     if chief and not class_names_path(run).exists():
         write_json_atomic(class_names_path(run), list(info.class_names))
     return spec, info, dataset_dir

@@ -3,6 +3,8 @@ that every spec it can submit is a valid job spec."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from rich.console import Console
 
@@ -35,8 +37,15 @@ def test_missing_checkpoint_is_refused_before_anything_starts(tmp_path, console)
         choose_weights(str(tmp_path / "nope.ckpt"), tmp_path / "root", console)
     prefix = tmp_path / "model.ckpt-100"
     (tmp_path / "model.ckpt-100.index").write_bytes(b"")
+    (tmp_path / "model.ckpt-100.data-00000-of-00001").write_bytes(b"weights")
     weights = choose_weights(str(prefix), tmp_path / "root", console)
-    assert weights.checkpoint == str(prefix) and weights.kind == "given"
+    # The services read base checkpoints only inside the data root: it is linked in.
+    inside = (tmp_path / "root").resolve() / "pretrained" / "given" / "model.ckpt-100"
+    assert weights.checkpoint == str(inside) and weights.kind == "given"
+    assert Path(f"{inside}.data-00000-of-00001").read_bytes() == b"weights"
+    from incept.layout import Layout
+
+    assert Layout(tmp_path / "root").base_checkpoint(weights.checkpoint) == inside
 
 
 @pytest.mark.parametrize("kind", ["folder", "flowers", "generated"])

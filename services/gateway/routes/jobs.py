@@ -16,10 +16,14 @@ from fastapi import APIRouter, Body, Header, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from incept.data.dataset import DatasetInfo
+from incept.errors import UserError
 from incept.fsutil import write_json_atomic
 from incept.jobstate import STREAM_MAXLEN, TERMINAL_STATES
 from incept.layout import NAME_RE
-from incept.spec import parse_spec
+from incept.resources import job_resource_problems
+from incept.resources import limits as resource_limits
+from incept.spec import JobSpec, SpecError, parse_spec
 from services.gateway import jobview
 from services.gateway.deps import (
     Authorized,
@@ -27,6 +31,7 @@ from services.gateway.deps import (
     LauncherDep,
     LayoutDep,
     RedisDep,
+    SettingsDep,
 )
 from services.gateway.errors import ApiError, Conflict, NotFound
 from services.gateway.routes.datasets import conversion_state
@@ -63,7 +68,7 @@ def _get_job(layout, state, job_id: str, *, full: bool) -> dict:
              responses={400: {"model": ErrorBody}, 422: {"model": ErrorBody},
                         503: {"model": ErrorBody}})
 def submit_job(request: Request, layout: LayoutDep, state: JobStateDep, launcher: LauncherDep,
-               conn: RedisDep,
+               conn: RedisDep, settings: SettingsDep,
                spec: Annotated[dict[str, Any], Body(description="A job spec (incept.spec.JobSpec).")]):
     job_spec = parse_spec(spec)
     try:
@@ -78,6 +83,9 @@ def submit_job(request: Request, layout: LayoutDep, state: JobStateDep, launcher
     if not dataset_dir.is_dir():
         raise ApiError(f"dataset {job_spec.dataset!r} is not a known dataset "
                        f"(no folder {dataset_dir.relative_to(layout.root)} in the data root)")
+    problems = _resource_problems(job_spec, layout, dataset_dir, settings)
+    if problems:
+        raise SpecError(problems)
     job_id = new_job_id(job_spec.dataset)
     run = layout.run(job_id)
     run.root.mkdir(parents=True)
@@ -95,6 +103,23 @@ def submit_job(request: Request, layout: LayoutDep, state: JobStateDep, launcher
     state.update(job_id, launcher=json.dumps({"launcher": launcher.name, "ref": ref}))
     return JobCreated(job_id=job_id, url=str(request.url_for("get_job", job_id=job_id)),
                       state="queued")
+
+
+def _resource_problems(job_spec: JobSpec, layout, dataset_dir: Path, settings) -> list[str]:
+    """What the spec asks beyond the data root or a trainer's memory (the
+    trainer checks again against its own cgroup when it starts)."""
+    problems = []
+    if job_spec.checkpoint:
+        try:
+            layout.base_checkpoint(job_spec.checkpoint)
+        except ValueError as e:
+            problems.append(f"checkpoint: {e}")
+    try:
+        num_train = DatasetInfo.load(dataset_dir).count("train")
+    except UserError:  # not converted (yet): the trainer says so
+        num_train = 0
+    memory = settings.trainer_memory_bytes or resource_limits().memory_bytes
+    return problems + job_resource_problems(job_spec, num_train, memory)
 
 
 @router.get("", response_model=JobList)

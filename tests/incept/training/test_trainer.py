@@ -141,10 +141,11 @@ def test_training_from_a_base_checkpoint_excludes_the_heads(data, tmp_path):
     from incept.nets import build, slim_variables
 
     source = build("tiny", 7, image_size=32)  # another task: 7 classes
-    prefix = tmp_path / "base" / "tiny.ckpt"
+    prefix = data.pretrained / "tiny" / "tiny.ckpt"
     _save_slim(slim_variables(source), prefix)
 
-    run, _ = make_run(data, "based", checkpoint=str(prefix), exclude_scopes=TINY_HEADS,
+    # A relative path is looked up under the data root, then under pretrained/.
+    run, _ = make_run(data, "based", checkpoint="tiny/tiny.ckpt", exclude_scopes=TINY_HEADS,
                       trainable_scopes=TINY_HEADS, max_steps=10)
     from incept.training.trainer import train
 
@@ -152,6 +153,28 @@ def test_training_from_a_base_checkpoint_excludes_the_heads(data, tmp_path):
     model = restore_for_inference(run, layout=data).model
     np.testing.assert_array_equal(model.get_layer("Conv2d_1a_3x3").kernel.numpy(),
                                   source.get_layer("Conv2d_1a_3x3").kernel.numpy())
+
+
+def test_base_checkpoint_outside_the_data_root_is_refused_in_the_trainer(data, tmp_path):
+    """The spec on the volume is not trusted: the trainer confines the checkpoint
+    again, and its error tells nothing about files outside the data root."""
+    from incept.errors import UserError
+    from incept.training.trainer import train
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.index").write_bytes(b"")  # '../../x' used to skip the check
+    (data.pretrained / "leak.index").symlink_to(outside / "secret.index")
+    rel = "../" * len(data.root.relative_to(tmp_path).parts) + "outside/secret"
+    errors = []
+    for i, value in enumerate([rel, str(outside / "secret"), "/etc/hostname", "/no/such/file", "leak"]):
+        run, _ = make_run(data, f"escape{i}", checkpoint=value)
+        with pytest.raises(UserError, match="is not inside the data root") as e:
+            train(f"escape{i}", data)
+        errors.append(str(e.value).replace(repr(value), "PATH"))
+        assert json.loads(run.status.read_text())["state"] == "failed"
+        assert not run.checkpoints.exists()
+    assert len(set(errors)) == 1, errors  # no existence oracle
 
 
 def _save_slim(variables, prefix):
