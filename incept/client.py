@@ -63,7 +63,12 @@ def _detail(response: httpx.Response) -> str:
         return "; ".join(
             f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" if isinstance(d, dict)
             else str(d) for d in detail)
-    return detail if isinstance(detail, str) else json.dumps(detail)
+    text = detail if isinstance(detail, str) else json.dumps(detail)
+    # The gateway's title ("invalid job spec") says little without its problems.
+    problems = body.get("problems") if isinstance(body, dict) else None
+    if isinstance(problems, list) and problems:
+        text += "".join(f"\n  - {p}" for p in problems)
+    return text
 
 
 class GatewayClient:

@@ -18,17 +18,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Used with fullmatch only: "$" would also accept a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # tf.train.CheckpointManager's files: ckpt-<step>.index and ckpt-<step>.data-<i>-of-<n>.
 CHECKPOINT_NAME = "ckpt"
-_CHECKPOINT_INDEX_RE = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
-_CHECKPOINT_SHARD_RE = re.compile(r"\.data-\d+-of-(\d+)$")
+_CHECKPOINT_INDEX_RE = re.compile(rf"{CHECKPOINT_NAME}-(\d+)\.index")
+_CHECKPOINT_SHARD_RE = re.compile(r"\.data-\d+-of-(\d+)\Z")
 
 
 def check_name(name: str, what: str = "name") -> str:
     """Names become folder names: refuse anything that could escape a folder."""
-    if not NAME_RE.match(name) or ".." in name:
+    if not NAME_RE.fullmatch(name) or ".." in name:
         raise ValueError(
             f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '-', '.', "
             "starting with a letter or digit"
@@ -64,7 +65,7 @@ class RunLayout:
             return []
         steps = []
         for index in self.checkpoints.iterdir():
-            m = _CHECKPOINT_INDEX_RE.match(index.name)
+            m = _CHECKPOINT_INDEX_RE.fullmatch(index.name)
             if not m:
                 continue
             try:

@@ -108,7 +108,7 @@ class JobSpec(BaseModel):
 
     def dataset_dir(self, layout: Layout) -> Path:
         """The dataset folder, resolved inside the data root (a bare name means datasets/<name>)."""
-        if "/" not in self.dataset and NAME_RE.match(self.dataset):
+        if "/" not in self.dataset and NAME_RE.fullmatch(self.dataset):
             path = layout.dataset(self.dataset)
         else:
             path = layout.resolve_inside(self.dataset)
@@ -142,7 +142,7 @@ def _cross_field_problems(values: dict) -> list[str]:
             problems.append(f"image_size: {model_name} needs at least {info.min_image_size} px")
         problems += _batch_problems(values.get("batch_size"), size or info.default_image_size)
     served = values.get("served_model_name")
-    if served is not None and not (isinstance(served, str) and NAME_RE.match(served)):
+    if served is not None and not (isinstance(served, str) and NAME_RE.fullmatch(served)):
         problems.append("served_model_name: use letters, digits, '_', '-', '.'")
     return problems
 

@@ -20,6 +20,7 @@ run them alone on cached features with the very same variables.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -112,11 +113,18 @@ def layers_under(model: keras.Model, scopes: tuple[str, ...] | list[str]) -> lis
 
 
 _loaded = False
+_load_lock = threading.Lock()
 
 
 def _load_builtin() -> None:
     # Importing a net module registers it; kept lazy so `import incept.nets` is cheap.
+    # The flag is set only once the registry is full, under a lock: a thread that
+    # saw it set early would find no nets (the gateway runs routes in threads).
     global _loaded
-    if not _loaded:
-        _loaded = True
-        from incept.nets import inception_v4, tiny  # noqa: F401
+    if _loaded:
+        return
+    with _load_lock:
+        if not _loaded:
+            from incept.nets import inception_v4, tiny  # noqa: F401
+
+            _loaded = True

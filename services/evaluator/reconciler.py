@@ -79,7 +79,7 @@ def reconcile(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
         if not acquired:
             return asked  # another evaluator is reconciling right now
         for run_dir in sorted(layout.runs.iterdir()):
-            if not run_dir.is_dir() or not NAME_RE.match(run_dir.name):
+            if not run_dir.is_dir() or not NAME_RE.fullmatch(run_dir.name):
                 continue
             run = layout.run(run_dir.name)
             settled = evaluated_steps(run) | failed_steps(run)
@@ -118,7 +118,7 @@ def republish(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
     if not layout.runs.is_dir():
         return published
     for run_dir in sorted(layout.runs.iterdir()):
-        if not run_dir.is_dir() or not NAME_RE.match(run_dir.name):
+        if not run_dir.is_dir() or not NAME_RE.fullmatch(run_dir.name):
             continue
         run = layout.run(run_dir.name)
         steps = evaluated_steps(run)

@@ -7,14 +7,14 @@ import hmac
 from typing import Annotated
 
 import redis
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from incept.jobstate import JobState
-from incept.layout import Layout
+from incept.layout import Layout, check_name
 from incept.settings import Settings
 from services.gateway.backends.base import PredictionBackend
-from services.gateway.errors import ApiError
+from services.gateway.errors import ApiError, ModelNotFound, NotFound
 from services.gateway.launchers.base import Launcher
 from services.gateway.metrics import GatewayMetrics
 
@@ -86,6 +86,34 @@ async def require_predict_token(settings: Annotated[Settings, Depends(get_settin
         _check_token(settings, credentials)
 
 
+def _known_name(value: str, what: str, not_found: type[NotFound] = NotFound) -> str:
+    """A name in a URL path: one that could not be a folder name names nothing (404)."""
+    try:
+        return check_name(value, f"{what} name")
+    except ValueError:
+        raise not_found(f"unknown {what} {value[:80]!r}") from None
+
+
+async def job_id_path(job_id: Annotated[str, Path(description="A job id.")]) -> str:
+    return _known_name(job_id, "job")
+
+
+async def dataset_name_path(name: Annotated[str, Path(description="A dataset's name.")]) -> str:
+    return _known_name(name, "dataset")
+
+
+async def model_name_path(name: Annotated[str, Path(description="A served model's name.")]) -> str:
+    return _known_name(name, "model", ModelNotFound)
+
+
+async def new_dataset_name(name: Annotated[str, Query(
+        description="The dataset's name (letters, digits, '_', '-', '.').", max_length=64)]) -> str:
+    try:
+        return check_name(name, "dataset name")
+    except ValueError as e:
+        raise ApiError(str(e)) from None
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LayoutDep = Annotated[Layout, Depends(get_layout)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
@@ -93,5 +121,9 @@ JobStateDep = Annotated[JobState, Depends(get_jobstate)]
 LauncherDep = Annotated[Launcher, Depends(get_launcher)]
 BackendDep = Annotated[PredictionBackend, Depends(get_backend)]
 MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
+JobId = Annotated[str, Depends(job_id_path)]
+DatasetName = Annotated[str, Depends(dataset_name_path)]
+ModelName = Annotated[str, Depends(model_name_path)]
+NewDatasetName = Annotated[str, Depends(new_dataset_name)]
 Authorized = [Depends(require_token)]
 PredictAuthorized = [Depends(require_predict_token)]

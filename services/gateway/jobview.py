@@ -33,7 +33,7 @@ def disk_job_ids(layout: Layout) -> list[str]:
     if not layout.runs.is_dir():
         return []
     return [p.name for p in layout.runs.iterdir()
-            if NAME_RE.match(p.name) and (p / "spec.json").exists()]
+            if NAME_RE.fullmatch(p.name) and (p / "spec.json").exists()]
 
 
 def evaluations(layout: Layout, job_id: str) -> list[dict]:
@@ -148,7 +148,7 @@ def list_jobs(layout: Layout, state: JobState | None) -> list[dict]:
             state = None
     jobs = []
     for job_id in ids:
-        if not NAME_RE.match(job_id):
+        if not NAME_RE.fullmatch(job_id):
             continue
         try:
             summary = job_summary(layout, state, job_id)

@@ -7,14 +7,12 @@ import json
 import os
 import shutil
 import uuid
-from typing import Annotated
 
 import redis
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from rq.job import JobStatus
 from starlette.concurrency import run_in_threadpool
 
-from incept.layout import check_name
 from incept.queues import (
     DATASETS_QUEUE,
     conversion_request_id,
@@ -23,7 +21,14 @@ from incept.queues import (
     request_status,
 )
 from services.gateway.archives import Limits, extract_archive
-from services.gateway.deps import Authorized, LayoutDep, RedisDep, SettingsDep
+from services.gateway.deps import (
+    Authorized,
+    DatasetName,
+    LayoutDep,
+    NewDatasetName,
+    RedisDep,
+    SettingsDep,
+)
 from services.gateway.errors import ApiError, Conflict, NotFound, TooLarge
 from services.gateway.schemas import DatasetAccepted, DatasetInfoOut, DatasetList, ErrorBody
 
@@ -100,7 +105,7 @@ def list_datasets(layout: LayoutDep, conn: RedisDep):
 
 
 @router.get("/{name}", response_model=DatasetInfoOut, responses={404: {"model": ErrorBody}})
-def get_dataset(name: str, layout: LayoutDep, conn: RedisDep):
+def get_dataset(name: DatasetName, layout: LayoutDep, conn: RedisDep):
     try:
         d = _dataset(layout, conn, name)
     except ValueError:
@@ -120,13 +125,8 @@ def get_dataset(name: str, layout: LayoutDep, conn: RedisDep):
 )
 async def upload_dataset(
     request: Request, layout: LayoutDep, conn: RedisDep, settings: SettingsDep,
-    name: Annotated[str, Query(description="The dataset's name (letters, digits, '_', '-', '.').",
-                               max_length=64)],
+    name: NewDatasetName,
 ):
-    try:
-        check_name(name, "dataset name")
-    except ValueError as e:
-        raise ApiError(str(e)) from None
     content_type = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip()
     if content_type not in ARCHIVE_TYPES:
         raise ApiError(f"send the archive as the request body with one of: {', '.join(ARCHIVE_TYPES)}",

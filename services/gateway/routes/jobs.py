@@ -27,6 +27,7 @@ from incept.spec import JobSpec, SpecError, parse_spec
 from services.gateway import jobview
 from services.gateway.deps import (
     Authorized,
+    JobId,
     JobStateDep,
     LauncherDep,
     LayoutDep,
@@ -51,13 +52,11 @@ def new_job_id(dataset: str) -> str:
     if not stem[0].isalnum():
         stem = "job-" + stem
     job_id = f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-    assert NAME_RE.match(job_id)
+    assert NAME_RE.fullmatch(job_id)
     return job_id
 
 
 def _get_job(layout, state, job_id: str, *, full: bool) -> dict:
-    if not NAME_RE.match(job_id) or ".." in job_id:
-        raise NotFound(f"unknown job {job_id!r}")
     job = jobview.job_summary(layout, state, job_id, full=full)
     if job is None:
         raise NotFound(f"unknown job {job_id!r}")
@@ -128,7 +127,7 @@ def list_jobs(layout: LayoutDep, state: JobStateDep):
 
 
 @router.get("/{job_id}", response_model=JobDetail, responses={404: {"model": ErrorBody}})
-def get_job(job_id: str, layout: LayoutDep, state: JobStateDep, request: Request):
+def get_job(job_id: JobId, layout: LayoutDep, state: JobStateDep, request: Request):
     job = _get_job(layout, state, job_id, full=True)
     launched = job.get("launcher") if isinstance(job.get("launcher"), dict) else {}
     launcher = request.app.state.launcher
@@ -143,7 +142,7 @@ def get_job(job_id: str, layout: LayoutDep, state: JobStateDep, request: Request
 
 @router.delete("/{job_id}", status_code=202, response_model=JobDetail,
                responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
-def cancel_job(job_id: str, layout: LayoutDep, state: JobStateDep, launcher: LauncherDep):
+def cancel_job(job_id: JobId, layout: LayoutDep, state: JobStateDep, launcher: LauncherDep):
     job = _get_job(layout, state, job_id, full=False)
     if job["state"] in TERMINAL_STATES:
         raise Conflict(f"job {job_id} already {job['state']}")
@@ -165,14 +164,14 @@ def cancel_job(job_id: str, layout: LayoutDep, state: JobStateDep, launcher: Lau
                                             "eval, export, error; once training is over, waiting "
                                             "(checkpoints still being evaluated) and finally end"},
                        404: {"model": ErrorBody}})
-async def job_events(job_id: str, request: Request, layout: LayoutDep, state: JobStateDep,
+async def job_events(job_id: JobId, request: Request, layout: LayoutDep, state: JobStateDep,
                      last_event_id: Annotated[str | None, Header()] = None):
     """The job's event stream, from ``Last-Event-ID`` on. It stays open after
     training ends until every checkpoint has its evaluation outcome (the
     evaluator works on the last checkpoints after the trainer is done) and its
     events were sent, then says ``end`` and closes."""
+    after = stream_position(last_event_id)
     await run_in_threadpool(_get_job, layout, state, job_id, full=False)
-    after = last_event_id if last_event_id and re.fullmatch(r"\d+-\d+", last_event_id) else "0-0"
 
     async def stream():
         nonlocal after
@@ -223,6 +222,22 @@ async def job_events(job_id: str, request: Request, layout: LayoutDep, state: Jo
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+_STREAM_ID_MAX = 2**64 - 1
+
+
+def stream_position(last_event_id: str | None) -> str:
+    """The Redis stream id to read after: what the client last saw, or the start.
+    Each half of an id is a 64-bit integer; Redis refuses anything else, so a
+    malformed id is the client's error (400), not a stream that keeps failing."""
+    if not last_event_id:
+        return "0-0"
+    match = re.fullmatch(r"(\d{1,20})-(\d{1,20})", last_event_id)
+    if not match or any(int(part) > _STREAM_ID_MAX for part in match.groups()):
+        raise ApiError("Last-Event-ID is not an event id of this stream "
+                       "(two 64-bit integers joined by '-')")
+    return last_event_id
 
 
 # An outcome on the volume whose event never reached the stream (a flushed Redis,

@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 
 from incept.layout import NAME_RE
 from services.gateway.backends.inprocess import servable_versions
-from services.gateway.deps import BackendDep, LayoutDep, PredictAuthorized
-from services.gateway.errors import ApiError, ModelNotFound, TooLarge
+from services.gateway.deps import BackendDep, LayoutDep, ModelName, PredictAuthorized
+from services.gateway.errors import ApiError, TooLarge
 from services.gateway.images import read_images
 from services.gateway.schemas import ErrorBody, ModelList, ModelOut, PredictResponse
 
@@ -24,7 +24,7 @@ _MEDIA = ("application/json", "multipart/form-data")
 def model_names(layout) -> list[str]:
     if not layout.models.is_dir():
         return []
-    return sorted(p.name for p in layout.models.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+    return sorted(p.name for p in layout.models.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name))
 
 
 async def _model_out(name: str, layout, backend) -> dict:
@@ -46,9 +46,7 @@ async def list_models(layout: LayoutDep, backend: BackendDep):
 
 
 @router.get("/{name}", response_model=ModelOut, responses={404: {"model": ErrorBody}})
-async def get_model(name: str, layout: LayoutDep, backend: BackendDep):
-    if not NAME_RE.match(name) or ".." in name:
-        raise ModelNotFound(f"unknown model {name!r}")
+async def get_model(name: ModelName, layout: LayoutDep, backend: BackendDep):
     return await _model_out(name, layout, backend)
 
 
@@ -71,13 +69,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
             "images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
     }}},
 )
-async def predict(name: str, request: Request):
+async def predict(name: ModelName, request: Request):
     # The hot path takes its collaborators from app.state, where the dependencies
     # would find them: FastAPI solves each dependency on every request (~6 us each).
     state = request.app.state
     settings, backend, metrics = state.settings, state.backend, state.metrics
-    if not NAME_RE.match(name) or ".." in name:
-        raise ModelNotFound(f"unknown model {name!r}")
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() not in _MEDIA:
         raise ApiError("send application/json ({\"instances\": [{\"b64\": ...}]}) "

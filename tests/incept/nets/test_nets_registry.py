@@ -62,3 +62,33 @@ def test_scope_filters_select_the_heads():
     assert "AuxLogits.Conv2d_1b_1x1" in layer_names and "Logits.Logits" not in layer_names
     # A scope is a path prefix, not a string prefix.
     assert not nets.variables_under(model, ["TinyNet/Logits/Logit"])
+
+
+def test_the_registry_is_full_for_every_thread_that_asks_first():
+    """Threads asking for a net at the same time, in a fresh interpreter (the
+    gateway's first job submissions): every one finds it (issue 14, 11b)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, threading
+import incept.nets.factory as factory
+sys.setswitchinterval(1e-6)  # switch threads as often as possible
+barrier = threading.Barrier(16)
+failures = []
+def ask():
+    barrier.wait()
+    for name in ("inception_v4", "tiny"):
+        try:
+            factory.net_info(name)
+        except ValueError as e:
+            failures.append(str(e))
+threads = [threading.Thread(target=ask) for _ in range(16)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(len(failures), failures[:1])
+"""
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300, check=True).stdout
+        assert out.startswith("0 "), out
