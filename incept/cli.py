@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("incept.commands.download", "download the flowers archive or the Inception v4 checkpoint"),
     "train": ("services.trainer.main", "run a training job in this process"),
     "trainer": ("services.trainer.worker", "run a trainer worker on the rq queues 'train' and 'datasets'"),
+    "converter": ("services.trainer.worker", "run a dataset converter worker on the rq queue 'datasets'"),
     "evaluator": ("services.evaluator.main", "run an evaluator worker on the rq queue 'eval'"),
     "export": ("incept.commands.export", "export a checkpoint as a SavedModel for TF Serving"),
     "gateway": ("services.gateway.main", "serve the HTTP API and the web page"),

@@ -51,17 +51,20 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port(self.host)
+        # Own session: a Ctrl-C in the terminal must not stop Redis before the
+        # workers that still write to it (incept up stops it last).
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        self.wait_ready(timeout_s)
+        return self
+
+    def command(self) -> list[str]:
+        """The redis-server command line (``start`` runs it; the wiring test reads it)."""
         args = [redis_server_binary(), "--port", str(self.port), "--bind", self.host,
                 "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
                 "--logfile", str(self.data_dir / "redis.log")]
-        args += ["--appendonly", "yes", "--appendfsync", "everysec"] if self.persistent \
-            else ["--appendonly", "no"]
-        # Own session: a Ctrl-C in the terminal must not stop Redis before the
-        # workers that still write to it (incept up stops it last).
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
-        self.wait_ready(timeout_s)
-        return self
+        return args + (["--appendonly", "yes", "--appendfsync", "everysec"] if self.persistent
+                       else ["--appendonly", "no"])
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -26,7 +26,12 @@ import time
 import redis
 from rq import SimpleWorker
 
+from incept.queues import EVAL_QUEUE
+
 log = logging.getLogger(__name__)
+
+# The rq queues the command consumes (see services.trainer.worker.CONSUMES).
+CONSUMES = {"evaluator": (EVAL_QUEUE,)}
 
 FIRST_WAIT_S = 0.5
 MAX_WAIT_S = 10.0
@@ -67,7 +72,7 @@ def wait_for_redis(conn: redis.Redis, stopping: threading.Event) -> bool:
 def run(args: argparse.Namespace) -> int:
     from rq import Queue
 
-    from incept.queues import EVAL_QUEUE, connect
+    from incept.queues import connect
     from incept.settings import get_settings
     from services.evaluator.reconciler import Reconciler, reconcile
 
@@ -95,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
              EVAL_QUEUE, settings.reconcile_interval_s)
     try:
         while True:
-            worker = EvaluatorWorker([Queue(EVAL_QUEUE, connection=conn)], connection=conn,
-                                     name=args.name)
+            worker = EvaluatorWorker([Queue(q, connection=conn) for q in CONSUMES["evaluator"]],
+                                     connection=conn, name=args.name)
             try:
                 worker.work(with_scheduler=True, burst=args.burst)
                 if args.burst or worker.stop_asked:

@@ -50,6 +50,16 @@ def load_compose(path: Path) -> dict:
     return yaml.load(path.read_text(), Loader=Compose)  # noqa: S506 (SafeLoader subclass)
 
 
+def env_example() -> dict[str, str]:
+    """The .env.example that compose users copy to .env."""
+    pairs = {}
+    for line in (REPO / ".env.example").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
 def render_overlays() -> dict[str, list[dict]]:
     """overlay -> every object `kubectl kustomize` renders for it."""
     out = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from deploy_support import COMPOSE_SCHEMA, REPO
+from deploy_support import COMPOSE_SCHEMA, REPO, env_example
 
 from incept.settings import Settings
 
@@ -53,15 +53,6 @@ def merge(base, override):
                 out[key] = merge(base.get(key), value) if key in base else value
         return out
     return override
-
-
-def env_example() -> dict[str, str]:
-    pairs = {}
-    for line in (REPO / ".env.example").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            pairs[key.strip()] = value.strip()
-    return pairs
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:

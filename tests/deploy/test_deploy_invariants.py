@@ -235,7 +235,7 @@ def test_every_workload_mounts_the_shared_volume_at_one_path(rendered, templates
             env = {e["name"]: e.get("value") for e in c.get("env", [])}
             if "INCEPT_DATA_ROOT" in env:
                 assert env["INCEPT_DATA_ROOT"] == "/data", where
-    assert {"Deployment/gateway", "Deployment/evaluator", "Deployment/tfserving",
+    assert {"Deployment/gateway", "Deployment/evaluator", "Deployment/converter", "Deployment/tfserving",
             "template/job-template.yaml", "template/job-template-multinode.yaml"} <= mounted_by
     if overlay == "gpu":
         assert claims["incept-data"]["spec"]["accessModes"] == ["ReadWriteMany"]
@@ -326,7 +326,8 @@ def test_network_policies_deny_by_default_and_isolate_redis_and_tfserving(render
     stranger = {"app.kubernetes.io/name": "something-else"}
     redis, tfserving = pods["redis"], pods["tfserving"]
     # Redis: every project pod that talks to it, nobody else.
-    for name in ("gateway", "evaluator", "job-template.yaml", "job-template-multinode.yaml"):
+    for name in ("gateway", "evaluator", "converter", "job-template.yaml",
+                 "job-template-multinode.yaml"):
         assert ingress_allowed(policies, redis, pods[name], 6379), name
     assert not ingress_allowed(policies, redis, stranger, 6379)
     # TF Serving: only the gateway.

@@ -159,6 +159,26 @@ def test_rq_worker_runs_a_conversion_and_a_training_job(data, redis_url, redis_c
     assert DatasetInfo.load(data.dataset("more")).num_classes == 2
 
 
+def test_converter_worker_converts_uploads_and_leaves_training_alone(data, redis_url, redis_conn):
+    """`incept converter` (the Kubernetes converter Deployment) consumes `datasets` only:
+    training there runs as Jobs, so a `train` request stays where it is."""
+    from rq.job import Job
+
+    from incept.data.dataset import DatasetInfo
+    from incept.data.synthetic import write_class_folders
+    from incept.queues import enqueue_conversion, enqueue_training
+
+    write_class_folders(data.uploads / "more", num_classes=2, per_class=6, size=(40, 40))
+    conversion = enqueue_conversion(redis_conn, "more", "uploads/more")
+    training = enqueue_training(redis_conn, "untouched")
+    done = subprocess.run([*INCEPT, "converter", "--burst"], env=_env(data, redis_url), cwd=REPO,
+                          capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    assert Job.fetch(conversion.id, connection=redis_conn).get_status() == "finished"
+    assert DatasetInfo.load(data.dataset("more")).num_classes == 2
+    assert Job.fetch(training.id, connection=redis_conn).get_status() == "queued"
+
+
 def test_incept_train_refuses_an_invalid_spec(data, redis_url, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("dataset: shapes\nmodel_name: nope\nlearning_rate: -1\n")
