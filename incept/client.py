@@ -152,7 +152,7 @@ class GatewayClient:
 
     def predict(self, model: str, images: list[bytes], *, timeout_s: float = 60.0) -> dict:
         files = [("images", (f"image{i}.jpg", data, "image/jpeg")) for i, data in enumerate(images)]
-        return self.request("POST", f"/v1/models/{model}:predict", files=files,
+        return self.request("POST", f"/v1/classify/{model}", files=files,
                             timeout=timeout_s).json()
 
     def events(self, job_id: str, after: str | None = None, *,

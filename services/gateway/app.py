@@ -22,7 +22,7 @@ from services.gateway.backends.base import PredictionBackend
 from services.gateway.errors import ApiError
 from services.gateway.launchers.base import Launcher
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.routes import datasets, health, jobs, models, page
+from services.gateway.routes import classify, datasets, health, jobs, models, page
 from services.gateway.routes.page import STATIC_DIR
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,17 @@ def make_launcher(settings: Settings, conn: redis.Redis) -> Launcher:
     return LocalLauncher(conn)
 
 
+def speaks_protocol(path: str) -> bool:
+    """Routes of a serving protocol (TF Serving's REST API under /v1/models/{name},
+    the Open Inference Protocol under /v2), whose errors are ``{"error": ...}``."""
+    return path.startswith("/v1/models/") or path == "/v2" or path.startswith("/v2/")
+
+
 def _error(status: int, detail: str, problems: list[str] | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
+           headers: dict[str, str] | None = None, path: str = "") -> JSONResponse:
+    if speaks_protocol(path):
+        message = detail + (": " + "; ".join(problems) if problems else "")
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
     body = {"detail": detail}
     if problems:
         body["problems"] = problems
@@ -65,38 +74,40 @@ def _error(status: int, detail: str, problems: list[str] | None = None,
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_req: Request, e: ApiError):
-        return _error(e.status_code, e.message, e.problems, e.headers)
+    async def api_error(req: Request, e: ApiError):
+        return _error(e.status_code, e.message, e.problems, e.headers, req.url.path)
 
     @app.exception_handler(SpecError)
-    async def spec_error(_req: Request, e: SpecError):
-        return _error(422, "invalid job spec", e.problems)
+    async def spec_error(req: Request, e: SpecError):
+        return _error(422, "invalid job spec", e.problems, path=req.url.path)
 
     @app.exception_handler(UserError)
-    async def user_error(_req: Request, e: UserError):
-        return _error(400, str(e))
+    async def user_error(req: Request, e: UserError):
+        return _error(400, str(e), path=req.url.path)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_req: Request, e: RequestValidationError):
+    async def validation_error(req: Request, e: RequestValidationError):
         problems = []
         for err in e.errors():
             loc = ".".join(str(p) for p in err.get("loc", ()))
             problems.append(f"{loc}: {err.get('msg', 'invalid')}")
-        return _error(422, "invalid request", problems[:50])
+        return _error(422, "invalid request", problems[:50], path=req.url.path)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_req: Request, e: StarletteHTTPException):
-        return _error(e.status_code, str(e.detail), headers=getattr(e, "headers", None))
+    async def http_error(req: Request, e: StarletteHTTPException):
+        return _error(e.status_code, str(e.detail), headers=getattr(e, "headers", None),
+                      path=req.url.path)
 
     @app.exception_handler(redis.RedisError)
-    async def redis_error(_req: Request, e: redis.RedisError):
-        return _error(503, "Redis is unavailable; try again", headers={"Retry-After": "5"})
+    async def redis_error(req: Request, e: redis.RedisError):
+        return _error(503, "Redis is unavailable; try again", headers={"Retry-After": "5"},
+                      path=req.url.path)
 
     @app.exception_handler(Exception)
     async def unexpected(req: Request, e: Exception):
         # Logged here with its trace; the client only learns that it failed.
         log.exception("unexpected error on %s %s", req.method, req.url.path)
-        return _error(500, "internal error (logged by the gateway)")
+        return _error(500, "internal error (logged by the gateway)", path=req.url.path)
 
 
 class BodyLimit:
@@ -118,7 +129,8 @@ class BodyLimit:
                     except ValueError:
                         too_big = False
                     if too_big:
-                        response = _error(413, f"the request body is larger than {limit} bytes")
+                        response = _error(413, f"the request body is larger than {limit} bytes",
+                                          path=scope["path"])
                         await response(scope, receive, send)
                         return
             received = 0
@@ -143,8 +155,8 @@ class BodyLimit:
                     received += len(message.get("body", b""))
                     if received > limit:
                         if not started:
-                            await _error(413, f"the request body is larger than {limit} bytes")(
-                                scope, receive, send)
+                            await _error(413, f"the request body is larger than {limit} bytes",
+                                         path=scope["path"])(scope, receive, send)
                         rejected = True
                         return {"type": "http.disconnect"}
                 return message
@@ -193,7 +205,7 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
     # The prediction routes first: every request is matched against the routes in
     # order (by the router and again by the metrics middleware), and predictions
     # are the hot path.
-    for router in (models.router, health.router, jobs.router, datasets.router, page.router):
+    for router in (models.router, classify.router, health.router, jobs.router, datasets.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app).expose(

@@ -1,6 +1,7 @@
-"""Prediction inputs, in memory only (never on disk): TF Serving's JSON body
-``{"instances": [{"b64": ...}]}`` or a multipart upload of images, each
-checked to be a JPEG or PNG with a readable header, within the size limits."""
+"""Prediction inputs of the gateway's own route, in memory only (never on disk):
+the JSON body ``{"instances": [{"b64": ...}]}`` or a multipart upload of
+images; and the checks every prediction route applies: each a JPEG or PNG with
+a readable header, within the size limits."""
 
 from __future__ import annotations
 
@@ -120,15 +121,20 @@ def images_from_multipart(body: bytes, content_type: str) -> list[bytes]:
     return images
 
 
-def read_images(body: bytes, content_type: str, settings: Settings) -> list[bytes]:
+def parse_images(body: bytes, content_type: str) -> list[bytes]:
     kind = content_type.split(";")[0].strip().lower()
     if kind == "application/json":
-        images = images_from_json(body)
-    elif kind == "multipart/form-data":
-        images = images_from_multipart(body, content_type)
-    else:
-        raise UnsupportedMedia("send application/json ({\"instances\": [{\"b64\": ...}]}) "
-                               "or multipart/form-data with image files")
+        return images_from_json(body)
+    if kind == "multipart/form-data":
+        return images_from_multipart(body, content_type)
+    raise UnsupportedMedia("send application/json ({\"instances\": [{\"b64\": ...}]}) "
+                           "or multipart/form-data with image files")
+
+
+def check_images(images: list[bytes], settings: Settings) -> list[bytes]:
+    """The per-request limits every prediction route applies, whatever its protocol."""
+    if not images:
+        raise ApiError("no images in the request")
     if len(images) > settings.max_images_per_request:
         raise TooLarge(f"{len(images)} images in one request; the limit is "
                        f"{settings.max_images_per_request}")

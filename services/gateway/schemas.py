@@ -137,3 +137,57 @@ class ModelList(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# -- TF Serving's REST API (api_rest.md): documented shapes, for the OpenAPI schema --
+
+
+class TFServingError(BaseModel):
+    error: str
+
+
+class TFServingStatus(BaseModel):
+    error_code: str
+    error_message: str
+
+
+class TFServingVersionStatus(BaseModel):
+    version: str = Field(description="int64 as a string (proto3's JSON mapping)")
+    state: str = Field(description="START, LOADING, AVAILABLE, UNLOADING or END")
+    status: TFServingStatus
+
+
+class ModelStatusOut(BaseModel):
+    """GetModelStatusResponse."""
+
+    model_version_status: list[TFServingVersionStatus]
+
+
+class TFServingModelSpec(BaseModel):
+    name: str
+    signature_name: str
+    version: str
+
+
+class TFServingMetadata(BaseModel):
+    """GetModelMetadataResponse: ``metadata.signature_def`` is the SignatureDefMap."""
+
+    model_spec: TFServingModelSpec
+    metadata: dict[str, dict[str, Any]]
+
+
+class TFServingPredictRequest(BaseModel):
+    """Row (``instances``) or columnar (``inputs``) form, not both. The one input,
+    ``images``, is DT_STRING: ``{"b64": "<base64 JPEG/PNG>"}`` per image."""
+
+    signature_name: str | None = None
+    instances: list[B64Image | dict[str, B64Image]] | None = None
+    inputs: dict[str, list[B64Image]] | list[B64Image] | None = None
+
+
+class TFServingPredictResponse(BaseModel):
+    """``predictions`` for a row request (one object of every output per image),
+    ``outputs`` for a columnar one (every output batched)."""
+
+    predictions: list[dict[str, Any]] | None = None
+    outputs: dict[str, Any] | None = None

@@ -1,6 +1,7 @@
 """One interface for every prediction backend: TF Serving over gRPC or REST,
 or the SavedModel loaded in this process. Each returns the serving signature's
-outputs per image (see incept.export); the route turns them into the answer."""
+batched outputs (see incept.export) and its metadata; the routes turn them into
+TF Serving's JSON or the gateway's own shape."""
 
 from __future__ import annotations
 
@@ -20,7 +21,18 @@ class Prediction:
 class PredictResult:
     model: str
     version: int
-    predictions: list[Prediction]
+    outputs: dict  # every output of the signature, batched (numpy arrays)
+
+    @property
+    def predictions(self) -> list[Prediction]:
+        return predictions_from_outputs(self.outputs, len(self.outputs["ood_score"]))
+
+
+@dataclass
+class ModelMetadata:
+    model: str
+    version: int
+    signature_def: dict  # the SignatureDefMap in TF Serving's JSON form
 
 
 @dataclass
@@ -69,6 +81,10 @@ class PredictionBackend(ABC):
     @abstractmethod
     async def model_status(self, model: str) -> ModelStatus:
         """Versions of a model and their states; raises ModelNotFound."""
+
+    @abstractmethod
+    async def metadata(self, model: str, version: int | None = None) -> ModelMetadata:
+        """The served version's signatures; raises ModelNotFound, BackendUnavailable."""
 
     async def ready(self, models: list[str]) -> tuple[bool, str]:
         """Whether the backend answers and serves at least one of ``models``, and why not."""

@@ -10,11 +10,11 @@ import grpc
 from grpc import aio
 
 from services.gateway.backends.base import (
+    ModelMetadata,
     ModelStatus,
     PredictionBackend,
     PredictResult,
     VersionStatus,
-    predictions_from_outputs,
 )
 from services.gateway.errors import BackendUnavailable, BadImage, ModelNotFound
 from services.gateway.metrics import GatewayMetrics
@@ -92,7 +92,25 @@ class GrpcBackend(PredictionBackend):
             raise self._error(e, model) from None
         outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
         return PredictResult(model=model, version=int(response.model_spec.version.value),
-                             predictions=predictions_from_outputs(outputs, len(images)))
+                             outputs=outputs)
+
+    async def metadata(self, model: str, version: int | None = None) -> ModelMetadata:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        from incept.serving.tfserving_json import signature_map_json
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = model
+        if version is not None:
+            request.model_spec.version.value = version
+        try:
+            response = await self.predictions.GetModelMetadata(request, timeout=self.timeout_s)
+        except aio.AioRpcError as e:
+            raise self._error(e, model) from None
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(sig_map)
+        return ModelMetadata(model, int(response.model_spec.version.value),
+                             signature_map_json(sig_map.signature_def))
 
     async def model_status(self, model: str) -> ModelStatus:
         from tensorflow_serving.apis import get_model_status_pb2

@@ -21,11 +21,11 @@ from pathlib import Path
 
 from incept.layout import Layout
 from services.gateway.backends.base import (
+    ModelMetadata,
     ModelStatus,
     PredictionBackend,
     PredictResult,
     VersionStatus,
-    predictions_from_outputs,
 )
 from services.gateway.errors import ApiError, BackendUnavailable, BadImage, ModelNotFound
 from services.gateway.metrics import GatewayMetrics
@@ -46,6 +46,8 @@ class LoadedModel:
     version: int
     signature: object  # the concrete function ``serving_default``
     holder: object  # keeps the loaded object (and its variables) alive
+    path: Path | None = None
+    signature_def: dict | None = None  # read from saved_model.pb when first asked
 
 
 @dataclass
@@ -111,7 +113,8 @@ class InProcessBackend(PredictionBackend):
         import tensorflow as tf
 
         obj = tf.saved_model.load(str(path))
-        return LoadedModel(version=version, signature=obj.signatures["serving_default"], holder=obj)
+        return LoadedModel(version=version, signature=obj.signatures["serving_default"], holder=obj,
+                           path=path)
 
     async def _refresh(self, slot: ModelSlot) -> None:
         """Load the newest servable version if it is newer than the one served."""
@@ -173,16 +176,28 @@ class InProcessBackend(PredictionBackend):
 
     async def predict(self, model: str, images: list[bytes],
                       version: int | None = None) -> PredictResult:
-        slot, loaded = await self._loaded(model)
-        if version is not None and version != loaded.version:
-            raise ModelNotFound(f"model {model!r} version {version} is not served "
-                                f"(serving version {loaded.version})")
+        slot, _ = await self._served(model, version)
         future = asyncio.get_running_loop().create_future()
         slot.queue.put(_Request(images, future, time.monotonic()))
         served_version, outputs, offset = await future
-        preds = predictions_from_outputs(
-            {k: v[offset:offset + len(images)] for k, v in outputs.items()}, len(images))
-        return PredictResult(model=model, version=served_version, predictions=preds)
+        return PredictResult(model=model, version=served_version, outputs={
+            k: v[offset:offset + len(images)] for k, v in outputs.items()})
+
+    async def _served(self, model: str, version: int | None) -> tuple[ModelSlot, LoadedModel]:
+        slot, loaded = await self._loaded(model)
+        if version is not None and version != loaded.version:
+            # As TF Serving's default policy: only the newest version is served.
+            raise ModelNotFound(f"Servable not found for request: Specific({model}, {version})")
+        return slot, loaded
+
+    async def metadata(self, model: str, version: int | None = None) -> ModelMetadata:
+        from incept.serving.tfserving_json import signature_def_map
+
+        _, loaded = await self._served(model, version)
+        if loaded.signature_def is None:
+            loaded.signature_def = await asyncio.get_running_loop().run_in_executor(
+                None, signature_def_map, loaded.path)
+        return ModelMetadata(model, loaded.version, loaded.signature_def)
 
     # -- the model thread ----------------------------------------------------
     # Batches are formed and run off the event loop: as a task on the loop, the

@@ -3,16 +3,15 @@ one pooled ``httpx.AsyncClient``."""
 
 from __future__ import annotations
 
-import base64
-
 import httpx
 
+from incept.serving.tfserving_json import outputs_from_json, predict_request
 from services.gateway.backends.base import (
+    ModelMetadata,
     ModelStatus,
     PredictionBackend,
     PredictResult,
     VersionStatus,
-    predictions_from_outputs,
 )
 from services.gateway.errors import BackendUnavailable, BadImage, ModelNotFound
 from services.gateway.metrics import GatewayMetrics
@@ -66,18 +65,26 @@ class RestBackend(PredictionBackend):
 
     async def predict(self, model: str, images: list[bytes],
                       version: int | None = None) -> PredictResult:
-        path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")
-        body = await self._call("POST", f"{path}:predict", model, json={
-            "signature_name": "serving_default",
-            "instances": [{"b64": base64.b64encode(img).decode("ascii")} for img in images],
-        })
-        rows = body.get("predictions", [])
-        outputs = {key: [row[key] for row in rows]
-                   for key in ("labels", "scores", "ood_score", "is_unknown")}
+        # The columnar form: TF Serving answers with each output batched.
+        body = await self._call("POST", f"{_path(model, version)}:predict", model,
+                                json=predict_request(images))
+        try:
+            outputs = outputs_from_json(body)
+        except ValueError as e:
+            self._failed("BAD_ANSWER")
+            raise BackendUnavailable(f"TF Serving answered without outputs: {e}") from None
         # TF Serving's REST predict does not say which version answered: ask.
         served = version if version is not None else await self._available_version(model)
-        return PredictResult(model=model, version=served,
-                             predictions=predictions_from_outputs(outputs, len(images)))
+        return PredictResult(model=model, version=served, outputs=outputs)
+
+    async def metadata(self, model: str, version: int | None = None) -> ModelMetadata:
+        body = await self._call("GET", f"{_path(model, version)}/metadata", model)
+        try:
+            return ModelMetadata(model, int(body["model_spec"]["version"]),
+                                 body["metadata"]["signature_def"])
+        except (KeyError, TypeError, ValueError):
+            self._failed("BAD_ANSWER")
+            raise BackendUnavailable("TF Serving's metadata answer has no signature_def") from None
 
     async def _available_version(self, model: str) -> int:
         status = await self.model_status(model)
@@ -85,8 +92,12 @@ class RestBackend(PredictionBackend):
         return max(available) if available else -1
 
     async def model_status(self, model: str) -> ModelStatus:
-        body = await self._call("GET", f"/v1/models/{model}", model)
+        body = await self._call("GET", _path(model, None), model)
         return ModelStatus(model, [
             VersionStatus(int(v["version"]), v.get("state", "UNKNOWN"),
                           v.get("status", {}).get("error_message", ""))
             for v in body.get("model_version_status", [])])
+
+
+def _path(model: str, version: int | None) -> str:
+    return f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else "")

@@ -1,24 +1,35 @@
-"""Models served for prediction: list, inspect versions, predict."""
+"""``/v1/models``: the served models listed, and under ``/v1/models/{name}``
+TF Serving's REST API exactly (status, metadata, ``:predict`` in row and
+columnar form, ``/versions/{v}`` and ``/labels/{l}``, ``{"error": ...}``), so a
+client written for TF Serving works unchanged against the gateway."""
 
 from __future__ import annotations
 
-import math
-
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import Response
 
 from incept.layout import NAME_RE
+from incept.serving import tfserving_json as tfs
+from services.gateway import serving
 from services.gateway.backends.inprocess import servable_versions
 from services.gateway.deps import BackendDep, LayoutDep, ModelName, PredictAuthorized
-from services.gateway.errors import ApiError, TooLarge
-from services.gateway.images import read_images
-from services.gateway.schemas import ErrorBody, ModelList, ModelOut, PredictResponse
+from services.gateway.errors import ApiError
+from services.gateway.schemas import (
+    ModelList,
+    ModelStatusOut,
+    TFServingError,
+    TFServingMetadata,
+    TFServingPredictResponse,
+)
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=PredictAuthorized,
-                   responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+router = APIRouter(prefix="/v1/models", tags=["models (TF Serving REST API)"],
+                   dependencies=PredictAuthorized,
+                   responses={401: {"model": TFServingError}, 503: {"model": TFServingError}})
 
-_MEDIA = ("application/json", "multipart/form-data")
+_ERRORS = {400: {"model": TFServingError}, 404: {"model": TFServingError}}
+_PREDICT_ERRORS = {**_ERRORS, 413: {"model": TFServingError}}
+_PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/TFServingPredictRequest"}}}}}
 
 
 def model_names(layout) -> list[str]:
@@ -27,75 +38,99 @@ def model_names(layout) -> list[str]:
     return sorted(p.name for p in layout.models.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name))
 
 
-async def _model_out(name: str, layout, backend) -> dict:
-    status = await backend.model_status(name)
-    return {"name": name, "versions_on_disk": servable_versions(layout.models / name),
-            "versions": [v.__dict__ for v in status.versions], "backend": backend.name}
+def _json(body: dict) -> Response:
+    return Response(tfs.dumps(body), media_type="application/json")
 
 
-@router.get("", response_model=ModelList)
+@router.get("", response_model=ModelList, tags=["models"])
 async def list_models(layout: LayoutDep, backend: BackendDep):
+    """The gateway's own list (TF Serving has none): every model on disk and its versions."""
     out = []
     for name in model_names(layout):
+        on_disk = servable_versions(layout.models / name)
         try:
-            out.append(await _model_out(name, layout, backend))
+            versions = [v.__dict__ for v in (await backend.model_status(name)).versions]
         except ApiError:  # not loaded there, or TF Serving down: still list what is on disk
-            out.append({"name": name, "versions_on_disk": servable_versions(layout.models / name),
-                        "versions": [], "backend": backend.name})
+            versions = []
+        out.append({"name": name, "versions_on_disk": on_disk, "versions": versions,
+                    "backend": backend.name})
     return {"models": out}
 
 
-@router.get("/{name}", response_model=ModelOut, responses={404: {"model": ErrorBody}})
-async def get_model(name: ModelName, layout: LayoutDep, backend: BackendDep):
-    return await _model_out(name, layout, backend)
+async def _status(backend, name: str, version: str | None, label: str | None) -> Response:
+    pinned = await serving.resolve(backend, name, version, label)
+    status = serving.only_version(await backend.model_status(name), pinned)
+    return _json({"model_version_status": [tfs.version_status(v.version, v.state, v.error)
+                                           for v in status.versions]})
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise TooLarge(f"the request body is larger than {limit} bytes")
-    return bytes(body)
+@router.get("/{name}", response_model=ModelStatusOut, responses=_ERRORS)
+async def model_status(name: ModelName, backend: BackendDep):
+    return await _status(backend, name, None, None)
 
 
-@router.post(
-    "/{name}:predict", response_model=PredictResponse,
-    responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 413: {"model": ErrorBody},
-               415: {"model": ErrorBody}, 422: {"model": ErrorBody}},
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
-    }}},
-)
+@router.get("/{name}/versions/{version}", response_model=ModelStatusOut, responses=_ERRORS)
+async def version_status(name: ModelName, version: str, backend: BackendDep):
+    return await _status(backend, name, version, None)
+
+
+@router.get("/{name}/labels/{label}", response_model=ModelStatusOut, responses=_ERRORS)
+async def label_status(name: ModelName, label: str, backend: BackendDep):
+    return await _status(backend, name, None, label)
+
+
+async def _metadata(backend, name: str, version: str | None, label: str | None) -> Response:
+    meta = await backend.metadata(name, await serving.resolve(backend, name, version, label))
+    return _json(tfs.metadata_json(name, meta.version, meta.signature_def))
+
+
+@router.get("/{name}/metadata", response_model=TFServingMetadata, responses=_ERRORS)
+async def metadata(name: ModelName, backend: BackendDep):
+    return await _metadata(backend, name, None, None)
+
+
+@router.get("/{name}/versions/{version}/metadata", response_model=TFServingMetadata,
+            responses=_ERRORS)
+async def version_metadata(name: ModelName, version: str, backend: BackendDep):
+    return await _metadata(backend, name, version, None)
+
+
+@router.get("/{name}/labels/{label}/metadata", response_model=TFServingMetadata,
+            responses=_ERRORS)
+async def label_metadata(name: ModelName, label: str, backend: BackendDep):
+    return await _metadata(backend, name, None, label)
+
+
+async def _predict(request: Request, name: str, version: str | None, label: str | None) -> Response:
+    # The hot path takes its collaborators from app.state: FastAPI would solve
+    # each dependency on every request.
+    body = await serving.read_body(request, request.app.state.settings.max_body_bytes)
+    try:
+        parsed = tfs.parse_predict(body)
+    except tfs.RequestError as e:
+        raise ApiError(str(e)) from None
+    if parsed.signature_name != tfs.SIGNATURE:
+        raise ApiError(f'Serving signature name: "{parsed.signature_name[:80]}" not found in '
+                       "signature def")
+    images = await serving.checked(parsed.images, request, media_is_400=True)
+    pinned = await serving.resolve(request.app.state.backend, name, version, label)
+    result = await serving.predict(request, name, images, pinned)
+    return _json(tfs.predict_response(result.outputs, parsed.columnar))
+
+
+@router.post("/{name}:predict", response_model=TFServingPredictResponse,
+             responses=_PREDICT_ERRORS, openapi_extra=_PREDICT_BODY)
 async def predict(name: ModelName, request: Request):
-    # The hot path takes its collaborators from app.state, where the dependencies
-    # would find them: FastAPI solves each dependency on every request (~6 us each).
-    state = request.app.state
-    settings, backend, metrics = state.settings, state.backend, state.metrics
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() not in _MEDIA:
-        raise ApiError("send application/json ({\"instances\": [{\"b64\": ...}]}) "
-                       "or multipart/form-data with image files", status_code=415)
-    body = await _read_body(request, settings.max_body_bytes)
-    if len(body) < 256 * 1024:
-        images = read_images(body, content_type, settings)
-    else:  # decoding big photos to check them must not stall the event loop
-        images = await run_in_threadpool(read_images, body, content_type, settings)
-    result = await backend.predict(name, images)
-    metrics.predicted_images.labels(model=name).inc(len(images))
-    # Built as PredictResponse documents it and encoded directly: validating our
-    # own answer through the response model cost more than the rest of the route.
-    return JSONResponse({
-        "model": result.model, "version": result.version,
-        "predictions": [{"top": [{"label": lb, "score": _finite(s)}
-                                 for lb, s in zip(p.labels, p.scores, strict=False)],
-                         "unknown": p.is_unknown, "ood_score": _finite(p.ood_score)}
-                        for p in result.predictions],
-    })
+    return await _predict(request, name, None, None)
 
 
-def _finite(value: float) -> float | None:
-    """JSON has no NaN or infinity: null, as pydantic writes them."""
-    return value if math.isfinite(value) else None
+@router.post("/{name}/versions/{version}:predict", response_model=TFServingPredictResponse,
+             responses=_PREDICT_ERRORS, openapi_extra=_PREDICT_BODY)
+async def version_predict(name: ModelName, version: str, request: Request):
+    return await _predict(request, name, version, None)
+
+
+@router.post("/{name}/labels/{label}:predict", response_model=TFServingPredictResponse,
+             responses=_PREDICT_ERRORS, openapi_extra=_PREDICT_BODY)
+async def label_predict(name: ModelName, label: str, request: Request):
+    return await _predict(request, name, None, label)

@@ -33,7 +33,7 @@ async function classify(file) {
   form.append("images", file, file.name);
   $("#result").setAttribute("aria-busy", "true");
   try {
-    renderPrediction(await api(`/v1/models/${encodeURIComponent(model)}:predict`, { method: "POST", body: form }));
+    renderPrediction(await api(`/v1/classify/${encodeURIComponent(model)}`, { method: "POST", body: form }));
   } catch (e) {
     $("#result").hidden = true;
     show(errorBox(), messageOf(e));

@@ -23,7 +23,7 @@ def tfserving(exported_models):
 
 def _predict(url: str, images: list[bytes], model: str = "flowers") -> httpx.Response:
     with httpx.Client(base_url=url, timeout=60) as c:
-        return c.post(f"/v1/models/{model}:predict",
+        return c.post(f"/v1/classify/{model}",
                       json={"instances": [{"b64": base64.b64encode(i).decode()} for i in images]})
 
 
@@ -36,11 +36,11 @@ def test_same_answer_through_grpc_rest_and_inprocess(make_gateway, tfserving, im
         assert r.status_code == 200, (backend, r.text)
         answers[backend] = r.json()
         with httpx.Client(base_url=gw.url, timeout=60) as c:
-            status = c.get("/v1/models/flowers").json()
-            assert status["backend"] == backend
-            assert {"version": 1, "state": "AVAILABLE", "error": ""} in status["versions"]
+            listed = {m["name"]: m for m in c.get("/v1/models").json()["models"]}
+            assert listed["flowers"]["backend"] == backend
+            assert {"version": 1, "state": "AVAILABLE", "error": ""} in listed["flowers"]["versions"]
             assert c.get("/readyz").status_code == 200
-            r = c.post("/v1/models/nosuch:predict", json={"instances": [{"b64": base64.b64encode(images[0]).decode()}]})
+            r = c.post("/v1/classify/nosuch", json={"instances": [{"b64": base64.b64encode(images[0]).decode()}]})
             assert r.status_code == 404, (backend, r.text)
             assert c.get("/v1/models/nosuch").status_code == 404
             assert _predict(gw.url, images[:1], "strict").json()["predictions"][0]["unknown"] is True

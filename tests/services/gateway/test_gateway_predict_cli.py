@@ -35,14 +35,16 @@ def test_predict_everywhere_agrees(gateway, exported_models, image_files):
     server = FakeTFServing(exported_models).start()
     try:
         answers = []
-        for where in (["--url", gateway.url], ["--grpc", server.grpc_target], ["--rest", server.rest_url]):
+        # --rest against the gateway too: its /v1 is TF Serving's REST API.
+        for where in (["--url", gateway.url], ["--grpc", server.grpc_target], ["--rest", server.rest_url],
+                      ["--rest", gateway.url]):
             r = _incept("predict", *image_files, *where, "--model", "flowers", "--json")
             assert r.returncode == 0, r.stderr
             answers.append(json.loads(r.stdout))
     finally:
         server.stop()
     labels = [[[t["label"] for t in p["top"]] for p in a["predictions"]] for a in answers]
-    assert labels[0] == labels[1] == labels[2]
+    assert labels[0] == labels[1] == labels[2] == labels[3]
     r = _incept("predict", image_files[0], "--url", gateway.url, "--model", "strict")
     assert r.returncode == 0 and "not one of the known classes" in r.stdout
 
