@@ -36,11 +36,19 @@ def _to_symmetric(image: tf.Tensor) -> tf.Tensor:
 
 def preprocess_for_eval(image: tf.Tensor, height: int, width: int,
                         central_fraction: float | None = CENTRAL_FRACTION) -> tf.Tensor:
-    """A ``(H, W, 3)`` image (uint8, or float in [0, 1]) -> float32 ``(height, width, 3)`` in [-1, 1]."""
-    image = _to_unit_float(image)
+    """A ``(H, W, 3)`` image (uint8, or float in [0, 1]) -> float32 ``(height, width, 3)`` in [-1, 1].
+
+    A uint8 image is cropped and resized as it is (the resize's output is float),
+    then scaled: the same pixels up to float rounding, but a 40 MP photo never
+    exists as a full-size float32 copy (12 bytes a pixel instead of 3)."""
     if central_fraction:
         image = tf.image.central_crop(image, central_fraction=central_fraction)
-    image = tf.image.resize(image, [height, width], method=tf.image.ResizeMethod.BILINEAR)
+    if image.dtype == tf.uint8:
+        image = tf.image.resize(image, [height, width], method=tf.image.ResizeMethod.BILINEAR)
+        image = image * (1.0 / 255.0)
+    else:
+        image = tf.image.resize(_to_unit_float(image), [height, width],
+                                method=tf.image.ResizeMethod.BILINEAR)
     image = tf.clip_by_value(image, 0.0, 1.0)
     image.set_shape([height, width, 3])
     return _to_symmetric(image)

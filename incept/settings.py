@@ -13,6 +13,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from incept.layout import Layout
 
+# The prediction schema's hard ceiling on instances (max_images_per_request is at most this).
+MAX_IMAGES_PER_REQUEST = 256
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INCEPT_", env_file=".env", extra="ignore")
@@ -46,7 +49,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * 1024 * 1024, description="Largest prediction request body (413 above).")
     max_image_bytes: int = Field(10 * 1024 * 1024, description="Largest single image (413 above).")
     max_image_pixels: int = Field(40_000_000, description="Largest image in pixels (decompression bombs).")
-    max_images_per_request: int = Field(32, description="Most images in one prediction request (413 above).")
+    max_images_per_request: int = Field(32, ge=1, le=MAX_IMAGES_PER_REQUEST,
+                                        description="Most images in one prediction request (413 above).")
+    max_request_pixels: int = Field(
+        50_000_000, ge=1, description="Pixels the images of one prediction request decode to, summed from "
+        "their headers before any decode (413 above).")
+    max_inflight_pixels: int = Field(
+        100_000_000, ge=1, description="Pixels being decoded at once by all prediction requests of a gateway; "
+        "a request waits for room up to backend_timeout_s, then 503.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest dataset archive upload.")
     max_archive_files: int = Field(100_000, description="Most files in a dataset archive.")
     max_unpacked_bytes: int = Field(8 * 1024**3, description="Largest unpacked size of a dataset archive.")

@@ -20,6 +20,7 @@ from incept.settings import Settings
 from incept.spec import SpecError
 from services.gateway.backends.base import PredictionBackend
 from services.gateway.errors import ApiError
+from services.gateway.images import PixelBudget
 from services.gateway.launchers.base import Launcher
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.routes import classify, datasets, health, jobs, models, page
@@ -190,6 +191,7 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
     app.state.settings = settings
     app.state.layout = settings.layout
     app.state.metrics = metrics
+    app.state.pixel_budget = PixelBudget(settings.max_inflight_pixels)
     app.state.redis = connect(settings.redis_url)
     app.state.backend = backend or make_backend(settings, metrics)
     app.state.launcher_error = None

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from incept.settings import MAX_IMAGES_PER_REQUEST
+
 
 class ErrorBody(BaseModel):
     detail: str
@@ -114,7 +116,7 @@ class PredictRequest(BaseModel):
     """TF Serving's REST body: ``{"instances": [{"b64": "..."}]}``."""
 
     signature_name: str | None = None
-    instances: list[B64Image | dict[str, B64Image]] = Field(min_length=1)
+    instances: list[B64Image | dict[str, B64Image]] = Field(min_length=1, max_length=MAX_IMAGES_PER_REQUEST)
 
 
 class ModelVersion(BaseModel):
@@ -181,8 +183,8 @@ class TFServingPredictRequest(BaseModel):
     ``images``, is DT_STRING: ``{"b64": "<base64 JPEG/PNG>"}`` per image."""
 
     signature_name: str | None = None
-    instances: list[B64Image | dict[str, B64Image]] | None = None
-    inputs: dict[str, list[B64Image]] | list[B64Image] | None = None
+    instances: list[B64Image | dict[str, B64Image]] | None = Field(None, max_length=MAX_IMAGES_PER_REQUEST)
+    inputs: (dict[str, list[B64Image]] | list[B64Image] | None) = Field(None, max_length=MAX_IMAGES_PER_REQUEST)
 
 
 class TFServingPredictResponse(BaseModel):

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from services.gateway.backends.base import ModelStatus, PredictionBackend, PredictResult
 from services.gateway.errors import ApiError, BadImage, ModelNotFound, TooLarge, UnsupportedMedia
-from services.gateway.images import check_images
+from services.gateway.images import Images, check_images
 
 # Version labels the gateway resolves itself (TF Serving's come from its model
 # config): "latest" is the newest AVAILABLE version.
@@ -58,26 +58,26 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def checked(images: list[bytes], request: Request, *, media_is_400: bool = False) -> list[bytes]:
+async def checked(images: list[bytes], request: Request, *, media_is_400: bool = False) -> Images:
     """The request-level limits (count, bytes, pixels) on decoded images. TF
     Serving calls an image it cannot decode INVALID_ARGUMENT: its protocol's
     routes answer 400 where the gateway's own says 415."""
     settings = request.app.state.settings
     try:
         if sum(len(i) for i in images) < 256 * 1024:
-            check_images(images, settings)
-        else:  # parsing big photos' headers must not stall the event loop
-            await run_in_threadpool(check_images, images, settings)
+            return check_images(images, settings)
+        # parsing big photos' headers must not stall the event loop
+        return await run_in_threadpool(check_images, images, settings)
     except UnsupportedMedia as e:
         if media_is_400:
             raise BadImage(e.message) from None
         raise
-    return images
 
 
-async def predict(request: Request, name: str, images: list[bytes],
+async def predict(request: Request, name: str, images: Images,
                   version: int | None) -> PredictResult:
     state = request.app.state
-    result = await state.backend.predict(name, images, version)
+    async with state.pixel_budget.hold(images.pixels, state.settings.backend_timeout_s):
+        result = await state.backend.predict(name, images, version)
     state.metrics.predicted_images.labels(model=name).inc(len(images))
     return result

@@ -140,3 +140,34 @@ def test_decode_and_preprocess_works_inside_a_saved_model(tmp_path):
     expected = np.stack([decode_and_preprocess_for_eval(tf.constant(e), (24, 32)).numpy()
                          for e in images])
     np.testing.assert_array_equal(out, expected)
+
+
+def test_a_huge_photo_is_never_a_full_size_float_image():
+    """The serving signature's decode of four 40 MP JPEGs (issue 14 item 1): the
+    uint8 image is cropped and resized as it is, so the peak stays near the
+    decoded bytes (3 per pixel), not 12 per pixel of float32 (measured: +926 MB
+    before, +226 MB after, in a fresh process)."""
+    import subprocess
+    import sys
+
+    code = """
+import io, resource, tensorflow as tf
+from PIL import Image
+from incept.preprocessing import decode_and_preprocess_batch_for_eval
+buf = io.BytesIO(); Image.new("RGB", (6300, 6300), (128, 100, 90)).save(buf, "JPEG")
+run = tf.function(lambda x: decode_and_preprocess_batch_for_eval(x, 299))
+run(tf.constant([buf.getvalue()]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = run(tf.constant([buf.getvalue()] * 4))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, out.shape)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         check=True).stdout.split()
+    assert float(out[0]) < 500, out
+
+
+def test_the_uint8_path_gives_the_float_path_s_pixels():
+    image = np.random.default_rng(0).integers(0, 256, (301, 457, 3), dtype=np.uint8)
+    from_uint8 = preprocess_for_eval(tf.constant(image), 64, 80).numpy()
+    from_float = preprocess_for_eval(tf.constant(image.astype(np.float32) / 255.0), 64, 80).numpy()
+    np.testing.assert_allclose(from_uint8, from_float, atol=1e-5)

@@ -38,8 +38,10 @@ async def classify(name: ModelName, request: Request,
     if content_type.split(";")[0].strip().lower() not in _MEDIA:
         raise ApiError("send application/json ({\"instances\": [{\"b64\": ...}]}) "
                        "or multipart/form-data with image files", status_code=415)
-    body = await serving.read_body(request, request.app.state.settings.max_body_bytes)
-    images = await serving.checked(parse_images(body, content_type), request)
+    settings = request.app.state.settings
+    body = await serving.read_body(request, settings.max_body_bytes)
+    images = await serving.checked(parse_images(body, content_type, settings.max_images_per_request),
+                                   request)
     result = await serving.predict(request, name, images, version)
     # Built as PredictResponse documents it and encoded directly: validating our
     # own answer through the response model cost more than the rest of the route.

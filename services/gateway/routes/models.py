@@ -14,6 +14,7 @@ from services.gateway import serving
 from services.gateway.backends.inprocess import servable_versions
 from services.gateway.deps import BackendDep, LayoutDep, ModelName, PredictAuthorized
 from services.gateway.errors import ApiError
+from services.gateway.images import check_instance_count
 from services.gateway.schemas import (
     ModelList,
     ModelStatusOut,
@@ -104,7 +105,9 @@ async def label_metadata(name: ModelName, label: str, backend: BackendDep):
 async def _predict(request: Request, name: str, version: str | None, label: str | None) -> Response:
     # The hot path takes its collaborators from app.state: FastAPI would solve
     # each dependency on every request.
-    body = await serving.read_body(request, request.app.state.settings.max_body_bytes)
+    settings = request.app.state.settings
+    body = await serving.read_body(request, settings.max_body_bytes)
+    check_instance_count(body, settings.max_images_per_request)
     try:
         parsed = tfs.parse_predict(body)
     except tfs.RequestError as e:
