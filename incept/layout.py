@@ -2,6 +2,7 @@
 ``Settings.data_root``; this module is the one place that knows its shape::
 
     <root>/datasets/<name>/        converted TFRecords, labels.txt, dataset.json
+    <root>/datasets/<name>/thumbnails/<key>.jpg   small JPEGs for the page (thumbnail_key)
     <root>/uploads/                 dataset archives while they are unpacked
     <root>/runs/<job_id>/spec.json  the job spec as submitted
     <root>/runs/<job_id>/checkpoints/   tf.train.CheckpointManager
@@ -14,6 +15,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,16 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 CHECKPOINT_NAME = "ckpt"
 _CHECKPOINT_INDEX_RE = re.compile(rf"{CHECKPOINT_NAME}-(\d+)\.index")
 _CHECKPOINT_SHARD_RE = re.compile(r"\.data-\d+-of-(\d+)\Z")
+
+
+DATASET_THUMBNAILS = "thumbnails"
+_THUMBNAIL_KEY_RE = re.compile(r"^[0-9a-f]{20}$")
+
+
+def thumbnail_key(rel: str) -> str:
+    """The name (without .jpg) of an image's thumbnail in its dataset, from the
+    relative path the TFRecords keep as ``image/filename``."""
+    return hashlib.sha1(rel.encode()).hexdigest()[:20]
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -114,6 +126,11 @@ class Layout:
 
     def dataset(self, name: str) -> Path:
         return self.datasets / check_name(name, "dataset name")
+
+    def dataset_thumbnail(self, name: str, key: str) -> Path:
+        if not _THUMBNAIL_KEY_RE.match(key):
+            raise ValueError(f"invalid thumbnail key {key!r}")
+        return self.dataset(name) / DATASET_THUMBNAILS / f"{key}.jpg"
 
     @property
     def uploads(self) -> Path:

@@ -29,6 +29,7 @@ from incept.data._swap import replace_directory
 from incept.data.images import SourceImage, read_source_image
 from incept.errors import UserError
 from incept.fsutil import fsync_tree, write_json_atomic
+from incept.layout import DATASET_THUMBNAILS, thumbnail_key
 from incept.resources import limits as resource_limits
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
 DATASET_JSON = "dataset.json"
 LABELS_TXT = "labels.txt"
+# Small JPEGs for the page: every validation image (the evaluator's per-image
+# results point at them) and the first few training images of each class.
+THUMBNAIL_PX = 128
+THUMBNAIL_SAMPLES = 4
 # Without --shards, aim for shards of about this size (big enough to stream
 # efficiently, small enough that readers can interleave several).
 TARGET_SHARD_BYTES = 100 * 1024 * 1024
@@ -97,6 +102,16 @@ class ConvertReport:
         if self.empty_classes:
             lines.append("  empty class folder(s) ignored: " + ", ".join(self.empty_classes))
         return "\n".join(lines)
+
+
+def _thumbnailed(split: dict[str, list[tuple[str, int]]]) -> set[str]:
+    wanted = {rel for rel, _ in split["validation"]}
+    per_class: Counter = Counter()
+    for rel, label in split["train"]:
+        if per_class[label] < THUMBNAIL_SAMPLES:
+            per_class[label] += 1
+            wanted.add(rel)
+    return wanted
 
 
 def _reason_kind(reason: str) -> str:
@@ -245,6 +260,8 @@ def _write_dataset(source: _Source, split: dict[str, list[tuple[str, int]]], tmp
     shard_files: dict[str, list[str]] = {}
     # The cgroup's CPU quota, not the host's cores (os.cpu_count() in a container).
     workers = workers or resource_limits().threads
+    thumbnailed, samples = _thumbnailed(split), {n: [] for n in source.class_names}
+    (tmp / DATASET_THUMBNAILS).mkdir()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
         for split_name in SPLITS:
             items = split[split_name]
@@ -252,8 +269,9 @@ def _write_dataset(source: _Source, split: dict[str, list[tuple[str, int]]], tmp
             names = [f"{split_name}-{i:05d}-of-{n_shards:05d}.tfrecord" for i in range(n_shards)]
             shard_files[split_name] = names
             bounds = [len(items) * i // n_shards for i in range(n_shards + 1)]
-            results = _ordered_map(pool, lambda it: read_source_image(source.root / it[0]),
-                                   items, window=4 * workers)
+            results = _ordered_map(pool, lambda it: read_source_image(
+                source.root / it[0], thumbnail_px=THUMBNAIL_PX if it[0] in thumbnailed else None),
+                items, window=4 * workers)
             index = 0
             for shard_index, name in enumerate(names):
                 with tf.io.TFRecordWriter(str(tmp / name)) as writer:
@@ -269,11 +287,21 @@ def _write_dataset(source: _Source, split: dict[str, list[tuple[str, int]]], tmp
                                 converted.append((rel, image.converted))
                             writer.write(_example(image, label, rel))
                             per_class[split_name][source.class_names[label]] += 1
+                            _keep_thumbnail(tmp, image, rel, samples[source.class_names[label]])
                         done += 1
                         if progress:
                             progress(done, total)
     for rel in source.hidden:
         skipped.append((rel, "hidden file"))
+    info = _dataset_info(source, options, per_class, shard_files, digests, skipped, converted)
+    info["thumbnails"] = {"size": THUMBNAIL_PX, "samples": samples}
+    (tmp / LABELS_TXT).write_text("".join(f"{i}:{n}\n" for i, n in enumerate(source.class_names)))
+    (tmp / DATASET_JSON).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _dataset_info(source: _Source, options: dict, per_class: dict, shard_files: dict,
+                  digests: dict[str, str], skipped: list, converted: list) -> dict:
     content = hashlib.sha256()
     for rel in sorted(digests):
         content.update(f"{rel}\0{digests[rel]}\n".encode())
@@ -300,9 +328,16 @@ def _write_dataset(source: _Source, split: dict[str, list[tuple[str, int]]], tmp
         "empty_classes": source.empty_classes,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    (tmp / LABELS_TXT).write_text("".join(f"{i}:{n}\n" for i, n in enumerate(source.class_names)))
-    (tmp / DATASET_JSON).write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _keep_thumbnail(out_dir: Path, image: SourceImage, rel: str, samples: list[str]) -> None:
+    if image.thumbnail is None:
+        return
+    key = thumbnail_key(rel)
+    (out_dir / DATASET_THUMBNAILS / f"{key}.jpg").write_bytes(image.thumbnail)
+    if len(samples) < THUMBNAIL_SAMPLES:
+        samples.append(key)
 
 
 def _num_shards(source: _Source, items: list[tuple[str, int]], shards: int | None) -> int:

@@ -29,9 +29,28 @@ class SourceImage:
     width: int = 0
     reason: str = ""        # why it was skipped
     converted: str = ""     # e.g. "CMYK -> RGB" when it was re-encoded
+    thumbnail: bytes | None = None  # a small JPEG, when one was asked for
 
 
-def read_source_image(path: Path, jpeg_quality: int = 95) -> SourceImage:
+def thumbnail_jpeg(image: Image.Image, size: int) -> bytes:
+    """A JPEG at most ``size`` px on its longer side, for the page."""
+    small = to_rgb8(image) if image.mode != "RGB" else image.copy()
+    small.thumbnail((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    out = io.BytesIO()
+    small.save(out, format="JPEG", quality=80)
+    return out.getvalue()
+
+
+def read_source_image(path: Path, jpeg_quality: int = 95, thumbnail_px: int | None = None) -> SourceImage:
+    """Read and check one file; with ``thumbnail_px``, also a small JPEG of it."""
+    result = _read_source_image(path, jpeg_quality)
+    if thumbnail_px and result.encoded is not None:
+        with Image.open(io.BytesIO(result.encoded)) as image:
+            result.thumbnail = thumbnail_jpeg(image, thumbnail_px)
+    return result
+
+
+def _read_source_image(path: Path, jpeg_quality: int) -> SourceImage:
     try:
         data = Path(path).read_bytes()
     except OSError as e:

@@ -71,12 +71,23 @@ class JobList(BaseModel):
     jobs: list[JobSummary]
 
 
+class SkippedFile(BaseModel):
+    file: str
+    reason: str
+
+
 class DatasetInfoOut(BaseModel):
     name: str
     state: str = Field(description="converting | ready | failed")
     class_names: list[str] | None = None
     num_classes: int | None = None
     counts: dict[str, Any] | None = None
+    per_class: dict[str, dict[str, int]] | None = Field(None, description="split -> class -> images.")
+    skipped: list[SkippedFile] | None = Field(None, description="Files the converter left out, and why.")
+    converted: int | None = Field(None, description="Images re-encoded to 8-bit RGB and kept.")
+    thumbnails: dict[str, list[str]] | None = Field(
+        None, description="class -> thumbnail keys (GET /v1/datasets/{name}/thumbnails/{key}.jpg).")
+    progress: dict[str, int] | None = Field(None, description="Images converted so far: done, total.")
     error: str | None = None
 
 

@@ -43,4 +43,25 @@ def convert_dataset(name: str, source_dir: str) -> dict:
         out = layout.dataset(name)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return convert(src, out).to_dict()
+    return convert(src, out, progress=_conversion_progress()).to_dict()
+
+
+def _conversion_progress():
+    """Report (done, total) in the rq job's meta, for the page, at most twice a second."""
+    import time
+
+    from rq import get_current_job
+
+    job, last = get_current_job(), [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.monotonic()
+        if job is None or (now - last[0] < 0.5 and done < total):
+            return
+        last[0] = now
+        job.meta["progress"] = {"done": done, "total": total}
+        try:
+            job.save_meta()
+        except Exception as e:  # progress is a nicety; the conversion goes on
+            log.warning("cannot report conversion progress: %s", e)
+    return report

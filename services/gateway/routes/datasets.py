@@ -10,6 +10,7 @@ import uuid
 
 import redis
 from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
 from rq.job import JobStatus
 from starlette.concurrency import run_in_threadpool
 
@@ -60,6 +61,17 @@ def conversion_state(conn: redis.Redis, name: str) -> tuple[str | None, str | No
     return "converting", None
 
 
+def conversion_progress(conn: redis.Redis, name: str) -> dict | None:
+    """(done, total) images the converter reported in its rq job's meta."""
+    from rq.job import Job
+
+    try:
+        progress = Job.fetch(conversion_request_id(name), connection=conn).get_meta().get("progress")
+    except Exception:  # no such job (any more), or Redis away: no progress to show
+        return None
+    return progress if isinstance(progress, dict) else None
+
+
 def _dataset(layout, conn, name: str) -> dict | None:
     path = layout.dataset(name)
     info_file = path / "dataset.json"
@@ -71,11 +83,17 @@ def _dataset(layout, conn, name: str) -> dict | None:
         names = info.get("class_names")
         return {"name": name, "state": "ready", "class_names": names,
                 "num_classes": info.get("num_classes") or (len(names) if names else None),
-                "counts": info.get("counts") or info.get("num_examples")}
+                "counts": info.get("counts") or info.get("num_examples"),
+                "per_class": info.get("per_class"), "skipped": info.get("skipped"),
+                "converted": len(info.get("converted") or []),
+                "thumbnails": (info.get("thumbnails") or {}).get("samples")}
     state, error = conversion_state(conn, name)
     if state is None:
         return None
-    return {"name": name, "state": "converting" if state == "ready" else state, "error": error}
+    out = {"name": name, "state": "converting" if state == "ready" else state, "error": error}
+    if out["state"] == "converting":
+        out["progress"] = conversion_progress(conn, name)
+    return out
 
 
 def _pending_names(conn) -> set[str]:
@@ -113,6 +131,21 @@ def get_dataset(name: DatasetName, layout: LayoutDep, conn: RedisDep):
     if d is None:
         raise NotFound(f"unknown dataset {name!r}")
     return d
+
+
+@router.get("/{name}/thumbnails/{key}.jpg", response_class=FileResponse,
+            responses={200: {"content": {"image/jpeg": {}}}, 404: {"model": ErrorBody}})
+def dataset_thumbnail(name: DatasetName, key: str, layout: LayoutDep):
+    """A small JPEG of one of the dataset's images (the keys are in the dataset's
+    ``thumbnails`` and in the evaluator's per-image results)."""
+    try:
+        path = layout.dataset_thumbnail(name, key)
+    except ValueError:
+        raise NotFound(f"unknown thumbnail {key!r}") from None
+    if not path.is_file():
+        raise NotFound(f"dataset {name!r} has no thumbnail {key!r}")
+    return FileResponse(path, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=86400"})
 
 
 @router.post(

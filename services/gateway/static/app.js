@@ -1,6 +1,8 @@
 // The incept page: plain JS modules, no build step, nothing from a CDN.
 import { $, $$, openView, token } from "./core.js";
 import "./predict.js";
+import "./datasets.js";
+import "./jobform.js";
 import "./jobs.js";
 
 // `incept up` prints the page as .../#token=<token>: the fragment never reaches a

@@ -50,6 +50,7 @@ function renderJob(job) {
   lastJob = job;
   $("#job").hidden = false;
   $("#job-title").textContent = `${job.job_id} — ${job.state}`;
+  $("#job-cancel").hidden = !["queued", "running"].includes(job.state);
   renderProgress(job);
   renderAccuracy(job.evaluations || [], job.best);
   renderConfusion(job.best_eval);
@@ -165,6 +166,20 @@ function onJobEvent(jobId, type, data) {
     loadJobs();
   }
 }
+
+// Cancel asks first: the trainer writes a final checkpoint, then stops.
+async function cancelJob() {
+  const jobId = selectedJob;
+  if (!jobId || !window.confirm(`Cancel ${jobId}? The trainer writes a checkpoint, then stops.`)) return;
+  try {
+    renderJob(await api(`/v1/jobs/${encodeURIComponent(jobId)}`, { method: "DELETE" }));
+    loadJobs();
+  } catch (e) {
+    show(errorBox(), `Could not cancel. ${messageOf(e)}`);
+  }
+}
+
+$("#job-cancel").addEventListener("click", cancelJob);
 
 registerView("jobs", {
   show: (jobId) => { loadJobs(); if (jobId) openJob(jobId); else renderCurves(); },

@@ -59,6 +59,31 @@ def test_convert_writes_stratified_split_labels_and_description(tmp_path):
     assert _leftovers(tmp_path) == []
 
 
+def test_thumbnails_of_every_validation_image_and_a_few_per_class(tmp_path):
+    from incept.data.convert import THUMBNAIL_PX, THUMBNAIL_SAMPLES
+    from incept.layout import Layout, thumbnail_key
+
+    write_class_folders(tmp_path / "src", num_classes=3, per_class=10, size=(400, 300))
+    layout = Layout(tmp_path / "root")
+    convert(tmp_path / "src", layout.dataset("ds"), validation_percent=20, seed=0)
+    info = json.loads((layout.dataset("ds") / "dataset.json").read_text())
+    samples = info["thumbnails"]["samples"]
+    assert sorted(samples) == ["daisy", "dandelion", "roses"]
+    assert all(len(keys) == THUMBNAIL_SAMPLES for keys in samples.values())
+    val = [e["filename"].decode() for e in _examples(layout.dataset("ds"), "validation")]
+    train = [e["filename"].decode() for e in _examples(layout.dataset("ds"), "train")]
+    for rel in val:  # the evaluator's per-image results point at these
+        with Image.open(layout.dataset_thumbnail("ds", thumbnail_key(rel))) as thumb:
+            assert thumb.format == "JPEG" and max(thumb.size) == THUMBNAIL_PX
+            assert thumb.size == (THUMBNAIL_PX, THUMBNAIL_PX * 3 // 4)  # aspect kept
+    for name, keys in samples.items():
+        assert keys == [thumbnail_key(r) for r in train if r.startswith(name + "/")][:THUMBNAIL_SAMPLES]
+    written = len(list((layout.dataset("ds") / "thumbnails").iterdir()))
+    assert written == len(val) + 3 * THUMBNAIL_SAMPLES
+    with pytest.raises(ValueError):
+        layout.dataset_thumbnail("ds", "../../etc/passwd")
+
+
 def test_split_is_deterministic_per_seed_and_shards_are_honoured(tmp_path):
     write_class_folders(tmp_path / "src", num_classes=2, per_class=15, size=(32, 32))
 
@@ -106,7 +131,7 @@ def test_replacing_a_dataset_is_all_or_nothing(tmp_path):
     write_class_folders(tmp_path / "src", num_classes=2, per_class=6, size=(32, 32))
     out = tmp_path / "ds"
     convert(tmp_path / "src", out, seed=0)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def crash(done, total):
         if done == 5:
@@ -114,7 +139,7 @@ def test_replacing_a_dataset_is_all_or_nothing(tmp_path):
 
     with pytest.raises(RuntimeError):
         convert(tmp_path / "src", out, seed=1, progress=crash)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     assert _leftovers(tmp_path) == []
 
     with pytest.raises(RuntimeError):

@@ -5,6 +5,9 @@ follow a job live, see its accuracy chart and confusion matrix."""
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -199,3 +202,124 @@ def test_page_with_and_without_protected_predictions(make_gateway, browser, imag
     page.click("#tab-jobs")
     page.wait_for_selector("#jobs-error:not([hidden])")
     assert "needs an API token" in page.inner_text("#jobs-error")
+
+
+def _class_folders(root: Path, images_per_class: int = 5) -> Path:
+    """shapes/<class>/*.jpg from generated images, plus two files the converter skips."""
+    import numpy as np
+
+    from incept.data.synthetic import class_image
+    from tests.services.gateway.conftest import encode
+
+    rng = np.random.default_rng(1)
+    src = root / "shapes"
+    for label, name in enumerate(CLASSES):
+        (src / name).mkdir(parents=True)
+        for i in range(images_per_class):
+            (src / name / f"{i}.jpg").write_bytes(encode(class_image(label, 3, (40, 40), rng)))
+    (src / "daisy" / "truncated.jpg").write_bytes((src / "daisy" / "0.jpg").read_bytes()[:60])
+    (src / "roses" / "notes.txt").write_text("not a photo")
+    return src
+
+
+def _convert_queued(layout, redis_url) -> None:
+    env = {**os.environ, "INCEPT_DATA_ROOT": str(layout.root), "INCEPT_REDIS_URL": redis_url}
+    subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", redis_url, "datasets"],
+                   env=env, check=True, capture_output=True, timeout=300, cwd=ARTIFACTS.parent)
+
+
+def test_upload_a_folder_and_see_the_converted_dataset(gateway, browser, layout, redis_url, tmp_path):
+    src = _class_folders(tmp_path)
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{gateway.url}/#token={TOKEN}")
+    page.click("#tab-datasets")
+    # Pick the folder: the page packs it into a tar and uploads it with progress.
+    page.set_input_files("#dataset-folder", str(src))
+    page.wait_for_selector("#dataset:not([hidden])")
+    assert page.input_value("#dataset-name") == ""  # taken from the folder, then cleared
+    assert "shapes" in page.inner_text("#dataset-title")
+    assert "100%" in page.inner_text("#upload-state") or "converting" in page.inner_text("#upload-state")
+    page.wait_for_function("document.querySelector('#dataset-title').textContent.includes('converting')")
+    _convert_queued(layout, redis_url)  # a real rq worker converts it; the page polls
+    page.wait_for_function("document.querySelector('#dataset-title').textContent.includes('ready')",
+                           timeout=60_000)
+    rows = page.locator("#dataset-classes tbody tr")
+    assert rows.count() == len(CLASSES)
+    train, val = (int(page.inner_text(f"#dataset-classes tbody tr:first-child td:nth-of-type({i})"))
+                  for i in (1, 2))
+    assert train + val == 5  # daisy: five good photos, the truncated one skipped
+    page.wait_for_function("[...document.querySelectorAll('#dataset-classes img')]"
+                           ".filter(i => i.naturalWidth > 0).length >= 3 * 4")
+    skipped = page.inner_text("#dataset-skipped")
+    assert "daisy/truncated.jpg" in skipped and "roses/notes.txt" in skipped
+    assert "Skipped files (2)" in page.inner_text("#dataset-skipped-title")
+    page.wait_for_selector("#datasets tbody tr[data-dataset='shapes']")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "gateway-page-datasets.png"), full_page=True)
+    assert errors == []
+
+
+def test_upload_an_archive_refused_with_a_clear_message(gateway, browser, layout):
+    page = browser.new_page()
+    page.goto(f"{gateway.url}/#token={TOKEN}")
+    page.click("#tab-datasets")
+    page.fill("#dataset-name", "junk")
+    page.set_input_files("#dataset-archive", files=[{"name": "junk.zip", "mimeType": "application/zip",
+                                                     "buffer": b"this is not a zip file"}])
+    page.wait_for_selector("#datasets-error:not([hidden])")
+    assert "not a zip or tar archive" in page.inner_text("#datasets-error")
+    assert not (layout.datasets / "junk").exists()
+
+
+def test_new_job_from_a_preset_with_reasons_beside_fields_then_cancel(gateway, browser, layout,
+                                                                      redis_url):
+    d = layout.dataset("shapes")
+    d.mkdir(parents=True)
+    write_json_atomic(d / "dataset.json", {"class_names": CLASSES, "counts": {"train": 9}})
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{gateway.url}/#token={TOKEN}")
+    page.click("#tab-newjob")
+    page.wait_for_selector("#presets button[data-preset='tiny']")
+    # Every field of the spec's schema is on the form.
+    from incept.spec import JobSpec
+
+    for name in JobSpec.model_json_schema()["properties"]:
+        assert page.locator(f"#field-{name}").count() == 1, name
+    page.click("#presets button[data-preset='tiny']")
+    assert page.input_value("#field-model_name") == "tiny"
+    assert page.input_value("#field-max_steps") == "300"
+    # Bad values: the gateway's reasons appear beside their fields.
+    page.fill("#field-dataset", "shapes")
+    page.fill("#field-learning_rate", "-1")
+    page.fill("#field-epochs", "3")  # and max_steps from the preset: one too many
+    page.click("#job-submit")
+    page.wait_for_selector("#job-form-error:not([hidden])")
+    assert "greater than 0" in page.inner_text("#err-learning_rate")
+    assert page.get_attribute("#field-learning_rate", "aria-invalid") == "true"
+    assert "exactly one of max_steps or epochs" in page.inner_text("#err-epochs")
+    assert "exactly one of max_steps or epochs" in page.inner_text("#job-form-error")
+    page.screenshot(path=str(ARTIFACTS / "gateway-page-newjob.png"), full_page=True)
+    # Fixed: submit lands on the new job.
+    page.fill("#field-learning_rate", "")
+    page.fill("#field-epochs", "")
+    page.click("#job-submit")
+    page.wait_for_function("location.hash.startsWith('#jobs/shapes-')")
+    job_id = page.evaluate("decodeURIComponent(location.hash.split('/')[1])")
+    page.wait_for_selector("#job:not([hidden])")
+    assert page.inner_text("#job-title") == f"{job_id} — queued"
+    spec = __import__("json").loads(layout.run(job_id).spec.read_text())
+    assert spec["model_name"] == "tiny" and spec["max_steps"] == 300 and spec["learning_rate"] == 0.01
+    # Cancel asks first: dismissed, nothing happens; accepted, the job is cancelled.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.click("#job-cancel")
+    assert JobState(connect(redis_url)).get(job_id)["state"] == "queued"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#job-cancel")
+    page.wait_for_function("document.querySelector('#job-title').textContent.endsWith('cancelled')")
+    assert JobState(connect(redis_url)).get(job_id)["state"] == "cancelled"
+    assert page.is_hidden("#job-cancel")
+    assert errors == []
