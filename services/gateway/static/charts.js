@@ -55,6 +55,7 @@ export function lineChart(svg, series, options = {}) {
                    options.fromZero !== false);
   axes(svg, sc, yFormat, options.xLabel || "step");
   shown.forEach((s) => drawSeries(svg, sc, s, series.indexOf(s), yFormat));
+  if (!shown.length) svg.append(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty" }, "no data yet"));
   const summary = shown.map((s) => {
     const last = s.points[s.points.length - 1];
     return `${s.name}: ${s.points.length} point${s.points.length > 1 ? "s" : ""}, last ${yFormat(last.y)} at step ${last.x}`;

@@ -24,6 +24,25 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
+AXE = ARTIFACTS.parent / ".venv-tools/npm/node_modules/axe-core/axe.min.js"
+
+
+def assert_accessible(page, view: str) -> None:
+    """axe-core (npm, pinned, installed by `make tools`) finds no serious or
+    critical WCAG 2 A/AA violation on what the page shows now."""
+    if not AXE.exists():
+        pytest.fail("axe-core is missing: run 'make tools'")
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.add_script_tag(content=AXE.read_text())
+    result = page.evaluate("""async () => {
+        const r = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21aa']}});
+        return r.violations.filter(v => ['serious', 'critical'].includes(v.impact))
+            .map(v => ({id: v.id, impact: v.impact, help: v.help,
+                        nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
+    }""")
+    assert result == [], f"{view}: {result}"
+
+
 @pytest.fixture
 def browser():
     from playwright.sync_api import sync_playwright
@@ -88,6 +107,7 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     assert "not a JPEG or PNG" in page.inner_text("#predict-error")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "gateway-page-predict.png"), full_page=True)
+    assert_accessible(page, "classify")
 
     # Jobs: token, list, open, chart, confusion matrix, live progress.
     page.fill("#token", TOKEN)
@@ -116,6 +136,7 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     page.wait_for_selector("#loss-chart polyline.s0")  # loss and learning rate as curves
     assert page.locator("#lr-chart polyline.s0").count() == 1
     page.screenshot(path=str(ARTIFACTS / "gateway-page-jobs.png"), full_page=True)
+    assert_accessible(page, "jobs")
 
     # Training ends while the last checkpoint is still being evaluated: the page
     # says so, then shows the late result when the stream delivers it and ends.
@@ -258,6 +279,7 @@ def test_upload_a_folder_and_see_the_converted_dataset(gateway, browser, layout,
     page.wait_for_selector("#datasets tbody tr[data-dataset='shapes']")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "gateway-page-datasets.png"), full_page=True)
+    assert_accessible(page, "datasets")
     assert errors == []
 
 
@@ -303,6 +325,7 @@ def test_new_job_from_a_preset_with_reasons_beside_fields_then_cancel(gateway, b
     assert "exactly one of max_steps or epochs" in page.inner_text("#err-epochs")
     assert "exactly one of max_steps or epochs" in page.inner_text("#job-form-error")
     page.screenshot(path=str(ARTIFACTS / "gateway-page-newjob.png"), full_page=True)
+    assert_accessible(page, "new job with problems")
     # Fixed: submit lands on the new job.
     page.fill("#field-learning_rate", "")
     page.fill("#field-epochs", "")
@@ -322,4 +345,42 @@ def test_new_job_from_a_preset_with_reasons_beside_fields_then_cancel(gateway, b
     page.wait_for_function("document.querySelector('#job-title').textContent.endsWith('cancelled')")
     assert JobState(connect(redis_url)).get(job_id)["state"] == "cancelled"
     assert page.is_hidden("#job-cancel")
+    assert errors == []
+
+
+def test_every_view_on_a_phone_by_keyboard_alone(gateway, browser, images, layout, redis_url):
+    job_id = _running_job(layout, redis_url)
+    page = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{gateway.url}/#token={TOKEN}")
+    page.wait_for_function("document.querySelectorAll('#model option').length === 2")
+    # Keyboard: Tab reaches the tabs, arrows move between views, Enter follows links.
+    page.focus("#tab-predict")
+    for view in ("datasets", "newjob", "jobs"):
+        page.keyboard.press("ArrowRight")
+        assert page.evaluate("document.activeElement.id") == f"tab-{view}"
+        page.wait_for_selector(f"#view-{view}:not([hidden])")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, view
+        assert_accessible(page, f"{view} at 390 px")
+    link = page.locator(f"#jobs tbody tr[data-job-id='{job_id}'] a")
+    link.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#job:not([hidden])")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert_accessible(page, "a job at 390 px")
+    page.screenshot(path=str(ARTIFACTS / "gateway-page-phone-job.png"), full_page=True)
+    # Back to classify by keyboard; the photo picker is reachable and works by keyboard.
+    page.focus("#tab-jobs")
+    for _ in range(3):
+        page.keyboard.press("ArrowLeft")
+    assert page.evaluate("document.activeElement.id") == "tab-predict"
+    page.focus("#file")
+    assert page.evaluate("document.activeElement.id") == "file"
+    page.set_input_files("#file", files=[{"name": "photo.jpg", "mimeType": "image/jpeg",
+                                          "buffer": images[0]}])
+    page.wait_for_selector("#result:not([hidden])")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert_accessible(page, "classify at 390 px")
+    page.screenshot(path=str(ARTIFACTS / "gateway-page-phone-predict.png"), full_page=True)
     assert errors == []
