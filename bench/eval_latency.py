@@ -73,10 +73,12 @@ def reaction(layout, redis_url: str, work: Path, checkpoints: int) -> list[float
     conn = connect(redis_url)
     state = JobState(conn)
     try:
-        from rq import Queue, Worker
+        from rq import Worker
+
+        from incept.queues import rq_queue
 
         deadline = time.monotonic() + 120
-        while not Worker.all(queue=Queue("eval", connection=conn)):
+        while not Worker.all(queue=rq_queue(conn, "eval")):
             if time.monotonic() > deadline or worker.poll() is not None:
                 raise RuntimeError(f"evaluator did not start; see {work / 'evaluator.log'}")
             time.sleep(0.1)

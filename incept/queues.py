@@ -9,6 +9,7 @@ import redis
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
 TRAIN_QUEUE = "train"
 EVAL_QUEUE = "eval"
@@ -22,6 +23,11 @@ CONVERT_FUNC = "services.trainer.jobs.convert_dataset"
 TRAIN_TIMEOUT_S = 7 * 24 * 3600
 EVAL_TIMEOUT_S = 3600
 
+# Requests and their results cross Redis as JSON, never as pickles: whoever can
+# write to Redis still cannot make a worker unpickle (and so run) code. Every
+# queue, fetch and worker uses this one serializer.
+SERIALIZER = JSONSerializer
+
 _PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 
@@ -29,6 +35,15 @@ def connect(url: str, *, timeout_s: float = 5.0) -> redis.Redis:
     # rq stores pickled payloads: the connection must not decode responses.
     return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                 health_check_interval=30)
+
+
+def rq_queue(conn: redis.Redis, name: str) -> Queue:
+    return Queue(name, connection=conn, serializer=SERIALIZER)
+
+
+def fetch_request(conn: redis.Redis, request_id: str) -> Job:
+    """The rq job of a request; raises rq's NoSuchJobError."""
+    return Job.fetch(request_id, connection=conn, serializer=SERIALIZER)
 
 
 def request_id(kind: str, *parts: object) -> str:
@@ -65,7 +80,7 @@ def conversion_request_id(name: str) -> str:
 
 def request_status(conn: redis.Redis, request_id: str) -> JobStatus | None:
     try:
-        return Job.fetch(request_id, connection=conn).get_status()
+        return fetch_request(conn, request_id).get_status()
     except NoSuchJobError:
         return None
 
@@ -81,7 +96,7 @@ def enqueue_eval(conn: redis.Redis, job_id: str, step: int) -> bool:
     if request_status(conn, rid) not in (None, JobStatus.FAILED, JobStatus.CANCELED,
                                          JobStatus.STOPPED):
         return False
-    Queue(EVAL_QUEUE, connection=conn).enqueue(
+    rq_queue(conn, EVAL_QUEUE).enqueue(
         EVAL_FUNC, job_id, int(step), job_id=rid, job_timeout=EVAL_TIMEOUT_S,
         retry=Retry(max=3, interval=[2, 10, 30]), result_ttl=7 * 24 * 3600,
         failure_ttl=7 * 24 * 3600, description=f"evaluate {job_id} step {step}",
@@ -90,14 +105,14 @@ def enqueue_eval(conn: redis.Redis, job_id: str, step: int) -> bool:
 
 
 def enqueue_training(conn: redis.Redis, job_id: str) -> Job:
-    return Queue(TRAIN_QUEUE, connection=conn).enqueue(
+    return rq_queue(conn, TRAIN_QUEUE).enqueue(
         TRAIN_FUNC, job_id, job_id=train_request_id(job_id), job_timeout=TRAIN_TIMEOUT_S,
         result_ttl=30 * 24 * 3600, failure_ttl=30 * 24 * 3600, description=f"train {job_id}",
     )
 
 
 def enqueue_conversion(conn: redis.Redis, name: str, source_dir: str) -> Job:
-    return Queue(DATASETS_QUEUE, connection=conn).enqueue(
+    return rq_queue(conn, DATASETS_QUEUE).enqueue(
         CONVERT_FUNC, name, source_dir, job_id=conversion_request_id(name), job_timeout=6 * 3600,
         result_ttl=7 * 24 * 3600, failure_ttl=7 * 24 * 3600, description=f"convert {name}",
     )

@@ -19,7 +19,7 @@ from incept.resources import INPUT_BYTES_PER_PIXEL, MAX_STEPS
 # (4096 x 1024 px would be 51.5 GB).
 MAX_BATCH_INPUT_BYTES = 4 * 1024**3
 MAX_EPOCHS = 100_000
-MAX_KEEP_CHECKPOINTS = 100
+MAX_KEEP_CHECKPOINTS = 1000
 
 
 class SpecError(UserError, ValueError):

@@ -552,23 +552,29 @@ def resume_interrupted_jobs(redis_url: str) -> list[str]:
     waiting in the queue or running on a live worker (its worker was killed
     before it could queue a resume request): the trainer resumes it from its
     newest checkpoint. Call before a trainer worker starts."""
-    from rq import Queue
     from rq.exceptions import NoSuchJobError
-    from rq.job import Job
     from rq.registry import StartedJobRegistry
 
     from incept.jobstate import TERMINAL_STATES, JobState
-    from incept.queues import TRAIN_FUNC, TRAIN_QUEUE, connect, enqueue_training, train_request_id
+    from incept.queues import (
+        TRAIN_FUNC,
+        TRAIN_QUEUE,
+        connect,
+        enqueue_training,
+        fetch_request,
+        rq_queue,
+        train_request_id,
+    )
 
     conn = connect(redis_url)
     resumed = []
     try:
-        queue = Queue(TRAIN_QUEUE, connection=conn)
+        queue = rq_queue(conn, TRAIN_QUEUE)
         covered = {job.args[0] for job in queue.jobs
                    if job is not None and job.func_name == TRAIN_FUNC and job.args}
         for rid in StartedJobRegistry(queue=queue).get_job_ids():
             with contextlib.suppress(NoSuchJobError):
-                job = Job.fetch(rid, connection=conn)
+                job = fetch_request(conn, rid)
                 if job.args and _request_has_live_worker(conn, job):
                     covered.add(job.args[0])
         jobs = JobState(conn)
@@ -580,7 +586,7 @@ def resume_interrupted_jobs(redis_url: str) -> list[str]:
             if isinstance(launcher, dict) and launcher.get("launcher") not in (None, "local"):
                 continue  # a Kubernetes Job, not ours to restart
             with contextlib.suppress(NoSuchJobError):
-                Job.fetch(train_request_id(job_id), connection=conn).delete()
+                fetch_request(conn, train_request_id(job_id)).delete()
             enqueue_training(conn, job_id)
             resumed.append(job_id)
     finally:

@@ -70,9 +70,7 @@ def wait_for_redis(conn: redis.Redis, stopping: threading.Event) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rq import Queue
-
-    from incept.queues import connect
+    from incept.queues import SERIALIZER, connect, rq_queue
     from incept.settings import get_settings
     from services.evaluator.reconciler import Reconciler, reconcile
 
@@ -100,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
              EVAL_QUEUE, settings.reconcile_interval_s)
     try:
         while True:
-            worker = EvaluatorWorker([Queue(q, connection=conn) for q in CONSUMES["evaluator"]],
-                                     connection=conn, name=args.name)
+            worker = EvaluatorWorker([rq_queue(conn, q) for q in CONSUMES["evaluator"]],
+                                     connection=conn, name=args.name, serializer=SERIALIZER)
             try:
                 worker.work(with_scheduler=True, burst=args.burst)
                 if args.burst or worker.stop_asked:

@@ -20,12 +20,11 @@ import threading
 import time
 
 import redis
-from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from incept.layout import NAME_RE, Layout
-from incept.queues import EVAL_QUEUE, enqueue_eval, eval_request_id
+from incept.queues import EVAL_QUEUE, enqueue_eval, eval_request_id, fetch_request, rq_queue
 from services.evaluator.locks import eval_lock_name, held_lock, is_locked, lock_ttl_s
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ _WAITING = {JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
 
 def _fetch(conn: redis.Redis, request_id: str) -> Job | None:
     try:
-        return Job.fetch(request_id, connection=conn)
+        return fetch_request(conn, request_id)
     except NoSuchJobError:
         return None
 
@@ -60,7 +59,7 @@ def _orphaned(conn: redis.Redis, job: Job) -> bool:
     fails such a job only after two of its passes (ten minutes apart by default).
     The caller has checked that no live worker holds the checkpoint's lock; the age
     rule leaves a request that a live worker took a moment ago alone."""
-    queue = Queue(EVAL_QUEUE, connection=conn)
+    queue = rq_queue(conn, EVAL_QUEUE)
     if queue.get_job_position(job.id) is not None:
         return False
     enqueued = job.enqueued_at
@@ -99,7 +98,7 @@ def reconcile(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
                     if _redos_exhausted(conn, run, step, status):
                         continue
                     if orphaned:
-                        Queue(EVAL_QUEUE, connection=conn).intermediate_queue.remove(request.id)
+                        rq_queue(conn, EVAL_QUEUE).intermediate_queue.remove(request.id)
                     request.delete()
                 if enqueue_eval(conn, run.job_id, step):
                     log.info("reconciler: asked for an evaluation of %s step %d", run.job_id, step)

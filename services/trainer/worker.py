@@ -15,7 +15,7 @@ import signal
 
 from rq import Worker
 
-from incept.queues import DATASETS_QUEUE, TRAIN_QUEUE, connect
+from incept.queues import DATASETS_QUEUE, SERIALIZER, TRAIN_QUEUE, connect
 from incept.settings import get_settings
 
 # The rq queues each worker command consumes (the wiring test checks that every
@@ -46,7 +46,8 @@ def _work(args: argparse.Namespace, command: str) -> int:
     settings = get_settings()
     settings.layout.ensure()
     conn = connect(args.redis_url or settings.redis_url, timeout_s=30)
-    worker = TrainerWorker(list(CONSUMES[command]), connection=conn, name=args.name)
+    worker = TrainerWorker(list(CONSUMES[command]), connection=conn, name=args.name,
+                           serializer=SERIALIZER)
     worker.work(burst=args.burst, with_scheduler=False)
     return 0
 

@@ -254,25 +254,23 @@ def test_trainer_sigterm_then_restart_resumes_at_the_saved_step(e2e):
 
 
 def test_evaluator_sigkill_mid_evaluation_then_restart(e2e):
-    from rq import Queue
-    from rq.job import Job
     from rq.registry import StartedJobRegistry
 
-    from incept.queues import EVAL_QUEUE
+    from incept.queues import EVAL_QUEUE, fetch_request, rq_queue
 
     job_id = e2e.running_job()
     conn = e2e.redis()
-    registry = StartedJobRegistry(queue=Queue(EVAL_QUEUE, connection=conn))
+    registry = StartedJobRegistry(queue=rq_queue(conn, EVAL_QUEUE))
     started = e2e.wait_for("an evaluation in progress", lambda: registry.get_job_ids(),
                            interval_s=0.005)
-    step = Job.fetch(started[0], connection=conn).args[1]
+    step = fetch_request(conn, started[0]).args[1]
     evaluator = e2e.pid("evaluator")
     os.killpg(evaluator, signal.SIGKILL)
     e2e.wait_for("a new evaluator process",
                  lambda: e2e.pid("evaluator") != evaluator and _alive(e2e.pid("evaluator")))
     assert _alive(e2e.pid("trainer"))
     # The interrupted evaluation is done again (rq retry or the reconciler).
-    killed_job = Job.fetch(started[0], connection=conn).args[0]
+    killed_job = fetch_request(conn, started[0]).args[0]
     e2e.wait_for(f"the result of {killed_job} step {step}",
                  lambda: (e2e.root / "runs" / killed_job / "eval" / f"{step}.json").exists())
     assert job_id in e2e.jobs

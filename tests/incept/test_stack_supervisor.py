@@ -111,7 +111,6 @@ def test_stop_orphans_tolerates_gone_processes():
 
 
 def test_interrupted_training_jobs_are_queued_again(redis_url, redis_conn):
-    from rq import Queue
     from rq.job import JobStatus
 
     from incept.jobstate import JobState
@@ -121,6 +120,7 @@ def test_interrupted_training_jobs_are_queued_again(redis_url, redis_conn):
         enqueue_training,
         request_id,
         request_status,
+        rq_queue,
         train_request_id,
     )
 
@@ -131,11 +131,11 @@ def test_interrupted_training_jobs_are_queued_again(redis_url, redis_conn):
         jobs.update(job_id, state=state)
     enqueue_training(redis_conn, "waiting")
     # What a preempted trainer queues for itself (another request id, same job).
-    Queue(TRAIN_QUEUE, connection=redis_conn).enqueue(
+    rq_queue(redis_conn, TRAIN_QUEUE).enqueue(
         TRAIN_FUNC, "preempted", job_id=request_id("train", "preempted", "resume", 7))
     # "abandoned": its request was taken by a worker that no longer exists.
     req = enqueue_training(redis_conn, "abandoned")
-    Queue(TRAIN_QUEUE, connection=redis_conn).remove(req)
+    rq_queue(redis_conn, TRAIN_QUEUE).remove(req)
     req.set_status(JobStatus.STARTED)
     req.worker_name = "gone-worker"
     req.save()
@@ -143,13 +143,13 @@ def test_interrupted_training_jobs_are_queued_again(redis_url, redis_conn):
     resumed = resume_interrupted_jobs(redis_url)
 
     assert sorted(resumed) == ["abandoned", "lost"]
-    queued = Queue(TRAIN_QUEUE, connection=redis_conn).job_ids
+    queued = rq_queue(redis_conn, TRAIN_QUEUE).job_ids
     assert sorted(queued) == sorted([request_id("train", "preempted", "resume", 7)]
                                     + [train_request_id(j) for j in ("waiting", "lost", "abandoned")])
     assert request_status(redis_conn, train_request_id("done")) is None
     # Nothing is queued twice when asked again.
     assert resume_interrupted_jobs(redis_url) == []
-    assert len(Queue(TRAIN_QUEUE, connection=redis_conn).job_ids) == 4
+    assert len(rq_queue(redis_conn, TRAIN_QUEUE).job_ids) == 4
 
 
 def test_stop_gives_each_child_its_grace_period_then_kills(tmp_path, monkeypatch):

@@ -43,7 +43,7 @@ def client(make_gateway, big_dataset):  # noqa: F811
     ({"max_steps": 10**12}, "max_steps: Input should be less than or equal to 10000000"),
     ({"max_steps": None, "epochs": 1e9}, "epochs: Input should be less than or equal to 100000"),
     ({"max_steps": None, "epochs": 50_000, "batch_size": 1}, "is 5000000000 steps, more than"),
-    ({"keep_checkpoints": 10**6}, "keep_checkpoints: Input should be less than or equal to 100"),
+    ({"keep_checkpoints": 10**6}, "keep_checkpoints: Input should be less than or equal to 1000"),
     ({"augmented_views": 64, "trainable_scopes": ["TinyNet/Logits"]},
      "augmented_views: 64 x 100000 images: the feature cache needs up to"),
 ])

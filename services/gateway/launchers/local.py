@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 
-from incept.queues import enqueue_training, request_status, train_request_id
+from incept.queues import enqueue_training, fetch_request, request_status, train_request_id
 from services.gateway.launchers.base import Launcher
 
 
@@ -21,7 +21,7 @@ class LocalLauncher(Launcher):
 
     def cancel(self, job_id: str) -> bool:
         try:
-            job = Job.fetch(train_request_id(job_id), connection=self.conn)
+            job = fetch_request(self.conn, train_request_id(job_id))
         except NoSuchJobError:
             return False
         if job.get_status() in (JobStatus.QUEUED, JobStatus.DEFERRED, JobStatus.SCHEDULED):

@@ -18,8 +18,10 @@ from incept.queues import (
     DATASETS_QUEUE,
     conversion_request_id,
     enqueue_conversion,
+    fetch_request,
     request_part,
     request_status,
+    rq_queue,
 )
 from services.gateway.archives import Limits, extract_archive
 from services.gateway.deps import (
@@ -48,10 +50,8 @@ def conversion_state(conn: redis.Redis, name: str) -> tuple[str | None, str | No
     if status is None:
         return None, None
     if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-        from rq.job import Job
-
         with contextlib.suppress(Exception):
-            job = Job.fetch(conversion_request_id(name), connection=conn)
+            job = fetch_request(conn, conversion_request_id(name))
             result = job.latest_result()
             reason = (result.exc_string or "").strip().splitlines()[-1:] if result else []
             return "failed", (reason[0][:300] if reason else "conversion failed")
@@ -98,11 +98,9 @@ def _dataset(layout, conn, name: str) -> dict | None:
 
 def _pending_names(conn) -> set[str]:
     try:
-        from rq import Queue
-
         prefix = conversion_request_id("")
         return {request_part(jid.removeprefix(prefix))
-                for jid in Queue(DATASETS_QUEUE, connection=conn).job_ids if jid.startswith(prefix)}
+                for jid in rq_queue(conn, DATASETS_QUEUE).job_ids if jid.startswith(prefix)}
     except redis.RedisError:
         return set()
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-from rq import Queue
-
 
 def _wait(predicate, timeout_s=30):
     deadline = time.monotonic() + timeout_s
@@ -16,7 +14,7 @@ def _wait(predicate, timeout_s=30):
 
 def test_requests_made_while_redis_is_down_are_sent_after_it_returns(tmp_path):
     from incept.jobstate import JobState
-    from incept.queues import connect, eval_request_id
+    from incept.queues import connect, eval_request_id, rq_queue
     from incept.redis_server import RedisServer
     from incept.training.redis_link import RedisLink
 
@@ -36,7 +34,7 @@ def test_requests_made_while_redis_is_down_are_sent_after_it_returns(tmp_path):
         _wait(lambda: link.sent_evals == [1, 2, 3], timeout_s=60)
         assert link.close(timeout_s=10) == []
         conn = connect(server.url)
-        assert sorted(Queue("eval", connection=conn).job_ids) == sorted(
+        assert sorted(rq_queue(conn, "eval").job_ids) == sorted(
             eval_request_id("job", s) for s in (1, 2, 3))
         state = JobState(conn)
         assert state.get("job")["step"] == 3
@@ -65,7 +63,7 @@ def test_close_returns_once_everything_is_delivered_not_at_its_deadline(redis_ur
     import threading
 
     from incept.jobstate import JobState
-    from incept.queues import eval_request_id
+    from incept.queues import eval_request_id, rq_queue
     from incept.training.redis_link import RedisLink
 
     link = RedisLink(redis_url, "job", poll_s=3600.0)  # no periodic wake-up to lean on
@@ -81,4 +79,4 @@ def test_close_returns_once_everything_is_delivered_not_at_its_deadline(redis_ur
     state = JobState(redis_conn)
     assert state.get("job")["state"] == "succeeded"
     assert state.events("job")[-1][1:] == ("state", {"state": "succeeded", "step": 7})
-    assert Queue("eval", connection=redis_conn).job_ids == [eval_request_id("job", 7)]
+    assert rq_queue(redis_conn, "eval").job_ids == [eval_request_id("job", 7)]

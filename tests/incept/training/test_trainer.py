@@ -22,11 +22,10 @@ def data(layout):
 
 
 def test_job_learns_checkpoints_and_one_eval_request_each(data, redis_conn, redis_url):
-    from rq import Queue
 
     from incept.checkpoints import list_checkpoints
     from incept.jobstate import JobState
-    from incept.queues import eval_request_id
+    from incept.queues import eval_request_id, rq_queue
     from incept.training.trainer import train
 
     run, _ = make_run(data, "learn", max_steps=80, augment=False, **FAST)
@@ -35,7 +34,7 @@ def test_job_learns_checkpoints_and_one_eval_request_each(data, redis_conn, redi
     assert list_checkpoints(run) == [20, 40, 60, 80]
     accuracy, _ = validation_accuracy(data, run)
     assert accuracy >= 0.8  # chance is 1/3
-    assert sorted(Queue("eval", connection=redis_conn).job_ids) == sorted(
+    assert sorted(rq_queue(redis_conn, "eval").job_ids) == sorted(
         eval_request_id("learn", s) for s in (20, 40, 60, 80))
     state = JobState(redis_conn)
     job = state.get("learn")

@@ -24,12 +24,18 @@ from evaluator_helpers import (
     wait_for,
     worker_env,
 )
-from rq import Queue, Worker
-from rq.job import Job
+from rq import Worker
 
 from incept.export import list_versions, read_manifest
 from incept.jobstate import JobState
-from incept.queues import EVAL_QUEUE, enqueue_eval, eval_request_id, request_status
+from incept.queues import (
+    EVAL_QUEUE,
+    enqueue_eval,
+    eval_request_id,
+    fetch_request,
+    request_status,
+    rq_queue,
+)
 from services.evaluator.locks import eval_lock_name, job_lock_name
 
 
@@ -175,7 +181,7 @@ def test_two_workers_never_export_the_same_version(layout, redis_conn, dataset, 
         runs[job] = writer.run
     workers("ev1", "--no-reconciler")
     workers("ev2", "--no-reconciler")
-    wait_for(lambda: len(Worker.all(queue=Queue(EVAL_QUEUE, connection=redis_conn))) == 2, 120,
+    wait_for(lambda: len(Worker.all(queue=rq_queue(redis_conn, EVAL_QUEUE))) == 2, 120,
              "both workers to listen")
     # Hold every job's bless lock so each worker stops mid-evaluation on one job;
     # releasing them together makes both workers export into "shared" at once.
@@ -190,7 +196,7 @@ def test_two_workers_never_export_the_same_version(layout, redis_conn, dataset, 
         b.release()
     for job in jobs:
         wait_for(lambda j=job: runs[j].eval_result(1).exists(), 180, f"eval of {job}")
-    by_worker = {j: Job.fetch(eval_request_id(j, 1), connection=redis_conn).worker_name
+    by_worker = {j: fetch_request(redis_conn, eval_request_id(j, 1)).worker_name
                  for j in busy}
     assert sorted(by_worker.values()) == ["ev1", "ev2"]
     versions = list_versions(layout.model("shared"))

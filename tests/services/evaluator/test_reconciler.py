@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 from evaluator_helpers import RunWriter, make_dataset
-from rq.job import Job
 
 from incept.fsutil import write_json_atomic
-from incept.queues import enqueue_eval, eval_request_id
+from incept.queues import enqueue_eval, eval_request_id, fetch_request
 from services.evaluator.evaluate import error_record_path
 from services.evaluator.locks import eval_lock_name
 from services.evaluator.reconciler import reconcile
@@ -38,10 +37,10 @@ def test_one_pass(layout, redis_conn, writer):
     # A request that finished without a result (it found the checkpoint busy and
     # that worker died) is replaced once the lock is gone.
     redis_conn.delete(eval_lock_name("rec", 4))
-    job = Job.fetch(eval_request_id("rec", 3), connection=redis_conn)
+    job = fetch_request(redis_conn, eval_request_id("rec", 3))
     job.set_status("finished")
     assert sorted(reconcile(layout, redis_conn)) == [("rec", 3), ("rec", 4)]
-    assert Job.fetch(eval_request_id("rec", 3), connection=redis_conn).get_status() == "queued"
+    assert fetch_request(redis_conn, eval_request_id("rec", 3)).get_status() == "queued"
 
 
 def test_gives_up_after_repeated_failures(layout, redis_conn, writer):
@@ -51,9 +50,9 @@ def test_gives_up_after_repeated_failures(layout, redis_conn, writer):
         write_json_atomic(writer.run.eval_result(step), {"step": step, "accuracy": 0.5})
     assert reconcile(layout, redis_conn) == [("rec", 5)]
     for _ in range(MAX_REDOS):
-        Job.fetch(eval_request_id("rec", 5), connection=redis_conn).set_status("failed")
+        fetch_request(redis_conn, eval_request_id("rec", 5)).set_status("failed")
         assert reconcile(layout, redis_conn) == [("rec", 5)]
-    Job.fetch(eval_request_id("rec", 5), connection=redis_conn).set_status("failed")
+    fetch_request(redis_conn, eval_request_id("rec", 5)).set_status("failed")
     assert reconcile(layout, redis_conn) == []
     record = error_record_path(writer.run, 5).read_text()
     assert "gave up after" in record
@@ -62,17 +61,16 @@ def test_gives_up_after_repeated_failures(layout, redis_conn, writer):
 
 def test_request_taken_by_a_worker_that_died_before_starting_it_is_replaced(
         layout, redis_conn, writer, monkeypatch):
-    from rq import Queue
 
-    from incept.queues import EVAL_QUEUE
+    from incept.queues import EVAL_QUEUE, rq_queue
 
     for step in (1, 2, 3, 4):
         write_json_atomic(writer.run.eval_result(step), {"step": step, "accuracy": 0.5})
     assert enqueue_eval(redis_conn, "rec", 5)
-    queue = Queue(EVAL_QUEUE, connection=redis_conn)
+    queue = rq_queue(redis_conn, EVAL_QUEUE)
     # What a worker's dequeue does (into the intermediate list); then it dies
     # before marking the job started.
-    Queue.lmove(redis_conn, queue.key, timeout=None)
+    queue.lmove(redis_conn, queue.key, timeout=None)
     assert queue.get_job_position(eval_request_id("rec", 5)) is None
     assert reconcile(layout, redis_conn) == []  # just taken: a live worker may be starting it
 

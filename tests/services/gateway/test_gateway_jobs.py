@@ -12,13 +12,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from rq import Queue
-from rq.job import Job
 
 from incept.fsutil import write_json_atomic
 from incept.jobstate import JobState
 from incept.layout import NAME_RE
-from incept.queues import connect, conversion_request_id, train_request_id
+from incept.queues import (
+    connect,
+    conversion_request_id,
+    fetch_request,
+    rq_queue,
+    train_request_id,
+)
 from tests.services.gateway.conftest import TOKEN, save_checkpoint
 
 SPEC = {"dataset": "flowers", "model_name": "tiny", "max_steps": 5, "batch_size": 4}
@@ -71,8 +75,8 @@ def test_submit_stores_the_spec_then_queues_training(client, auth, layout, datas
     spec = json.loads(layout.run(job_id).spec.read_text())
     assert spec["dataset"] == "flowers" and spec["max_steps"] == 5
     conn = connect(redis_url)
-    assert train_request_id(job_id) in Queue("train", connection=conn).job_ids
-    assert Job.fetch(train_request_id(job_id), connection=conn).args == (job_id,)
+    assert train_request_id(job_id) in rq_queue(conn, "train").job_ids
+    assert fetch_request(conn, train_request_id(job_id)).args == [job_id]  # JSON, not a pickle
     job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
     assert job["state"] == "queued" and job["spec"]["model_name"] == "tiny"
     assert job["model_name"] == "flowers"
@@ -259,13 +263,13 @@ def test_cancel(client, auth, layout, dataset, redis_url):
     r = client.delete(f"/v1/jobs/{job_id}", headers=auth)
     assert r.status_code == 202 and r.json()["state"] == "cancelled"  # it never started
     conn = connect(redis_url)
-    assert Job.fetch(train_request_id(job_id), connection=conn).get_status().value == "canceled"
+    assert fetch_request(conn, train_request_id(job_id)).get_status().value == "canceled"
     assert JobState(conn).cancel_requested(job_id)
     assert client.delete(f"/v1/jobs/{job_id}", headers=auth).status_code == 409
     assert client.delete("/v1/jobs/nosuch-job", headers=auth).status_code == 404
     # A running job is asked to stop (the trainer checkpoints, then says cancelled).
     running = client.post("/v1/jobs", json=SPEC, headers=auth).json()["job_id"]
-    Job.fetch(train_request_id(running), connection=conn).set_status("started")
+    fetch_request(conn, train_request_id(running)).set_status("started")
     JobState(conn).set_state(running, "running")
     r = client.delete(f"/v1/jobs/{running}", headers=auth)
     assert r.status_code == 202 and r.json()["state"] == "cancelling"
@@ -296,7 +300,7 @@ def test_dataset_upload_is_converted_by_a_queued_job(client, auth, layout, redis
     assert r.status_code == 202, r.text
     assert r.json()["files"] == 12 and r.json()["state"] == "converting"
     assert client.get("/v1/datasets/shapes", headers=auth).json()["state"] == "converting"
-    job = Job.fetch(conversion_request_id("shapes"), connection=connect(redis_url))
+    job = fetch_request(connect(redis_url), conversion_request_id("shapes"))
     name, source = job.args
     assert name == "shapes" and Path(source).parent.parent == layout.uploads
     assert sorted(p.name for p in Path(source).iterdir()) == ["daisy", "dandelion"]
@@ -306,7 +310,8 @@ def test_dataset_upload_is_converted_by_a_queued_job(client, auth, layout, redis
     assert r.status_code == 409 and "still being converted" in r.text
     # A real rq worker converts it.
     env = {**os.environ, "INCEPT_DATA_ROOT": str(layout.root), "INCEPT_REDIS_URL": redis_url}
-    subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", redis_url, "datasets"],
+    subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", redis_url,
+                    "--serializer", "rq.serializers.JSONSerializer", "datasets"],
                    env=env, check=True, capture_output=True, timeout=300, cwd=Path(__file__).parents[3])
     d = client.get("/v1/datasets/shapes", headers=auth).json()
     assert d["state"] == "ready", d

@@ -82,10 +82,9 @@ def test_sigterm_checkpoints_and_restart_resumes(data, redis_url, redis_conn):
 
 
 def test_redis_outage_loses_no_eval_request(data, tmp_path):
-    from rq import Queue
 
     from incept.checkpoints import list_checkpoints
-    from incept.queues import connect, eval_request_id
+    from incept.queues import connect, eval_request_id, rq_queue
     from incept.redis_server import RedisServer
 
     server = RedisServer(tmp_path / "redis", persistent=True).start()
@@ -96,7 +95,7 @@ def test_redis_outage_loses_no_eval_request(data, tmp_path):
                             stderr=subprocess.PIPE)
     try:
         conn = connect(server.url)
-        eval_queue = Queue("eval", connection=conn)
+        eval_queue = rq_queue(conn, "eval")
         _wait(lambda: eval_queue.count >= 1, 120, proc, "a first eval request")
         conn.close()
         server.stop()
@@ -115,7 +114,7 @@ def test_redis_outage_loses_no_eval_request(data, tmp_path):
     try:
         steps = list_checkpoints(run)
         assert len(steps) >= 5
-        ids = set(Queue("eval", connection=conn).job_ids)
+        ids = set(rq_queue(conn, "eval").job_ids)
         assert ids == {eval_request_id("outage", s) for s in steps}
     finally:
         conn.close()
@@ -123,13 +122,12 @@ def test_redis_outage_loses_no_eval_request(data, tmp_path):
 
 
 def test_rq_worker_runs_a_conversion_and_a_training_job(data, redis_url, redis_conn):
-    from rq.job import Job
 
     from incept.checkpoints import list_checkpoints
     from incept.data.dataset import DatasetInfo
     from incept.data.synthetic import write_class_folders
     from incept.jobstate import JobState
-    from incept.queues import enqueue_conversion, enqueue_training
+    from incept.queues import enqueue_conversion, enqueue_training, fetch_request
 
     write_class_folders(data.uploads / "more", num_classes=2, per_class=6, size=(40, 40))
     conversion = enqueue_conversion(redis_conn, "more", "uploads/more")
@@ -139,7 +137,7 @@ def test_rq_worker_runs_a_conversion_and_a_training_job(data, redis_url, redis_c
     done = subprocess.run([*INCEPT, "trainer", "--burst"], env=_env(data, redis_url), cwd=REPO,
                           capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
-    job = Job.fetch(job.id, connection=redis_conn)
+    job = fetch_request(redis_conn, job.id)
     assert job.get_status() == "finished", job.latest_result()
     assert job.return_value()["state"] == "succeeded"
     assert list_checkpoints(run) == [30]
@@ -153,7 +151,7 @@ def test_rq_worker_runs_a_conversion_and_a_training_job(data, redis_url, redis_c
     assert final < finished
     assert not [line for line in lines[final + 1:finished] if "incept" in line], lines[final:finished]
     assert JobState(redis_conn).get("queued")["state"] == "succeeded"
-    conversion = Job.fetch(conversion.id, connection=redis_conn)
+    conversion = fetch_request(redis_conn, conversion.id)
     assert conversion.get_status() == "finished"
     assert conversion.return_value()["written"] == 12
     assert DatasetInfo.load(data.dataset("more")).num_classes == 2
@@ -193,10 +191,9 @@ def test_incept_train_refuses_an_invalid_spec(data, redis_url, tmp_path):
 def test_stopping_the_worker_checkpoints_and_queues_a_resume(data, redis_url, redis_conn):
     """SIGTERM to `incept trainer` reaches the training job: it checkpoints and
     queues a resume request that the next worker picks up."""
-    from rq import Queue
 
     from incept.checkpoints import list_checkpoints
-    from incept.queues import enqueue_training, request_id
+    from incept.queues import enqueue_training, request_id, rq_queue
 
     run, _ = make_run(data, "stopme", max_steps=1_000_000, checkpoint_every_steps=50)
     enqueue_training(redis_conn, "stopme")
@@ -211,7 +208,7 @@ def test_stopping_the_worker_checkpoints_and_queues_a_resume(data, redis_url, re
             proc.kill()
     saved = list_checkpoints(run)[-1]
     assert json.loads(run.status.read_text())["preempted_at"] == saved
-    assert Queue("train", connection=redis_conn).job_ids == [
+    assert rq_queue(redis_conn, "train").job_ids == [
         request_id("train", "stopme", "resume", saved)]
 
 
