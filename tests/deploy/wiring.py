@@ -160,7 +160,7 @@ def enqueuing_functions() -> dict[str, set[str]]:
 
 def enqueues_in(path: Path) -> set[str]:
     """Queues a module enqueues to: calls of incept.queues' enqueuing functions,
-    or `Queue(X_QUEUE, ...).enqueue(...)`."""
+    or `Queue(X_QUEUE, ...).enqueue(...)` / `rq_queue(conn, X_QUEUE).enqueue(...)`."""
     functions, constants = enqueuing_functions(), _queue_constants()
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -170,9 +170,12 @@ def enqueues_in(path: Path) -> set[str]:
         name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
         if name in functions:
             found |= functions[name]
-        if (name == "enqueue" and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call)
-                and func.value.args and isinstance(func.value.args[0], ast.Name)):
-            found.add(constants.get(func.value.args[0].id, func.value.args[0].id))
+        if name == "enqueue" and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call):
+            # Queue(X_QUEUE, ...).enqueue or incept.queues.rq_queue(conn, X_QUEUE).enqueue
+            args = [a for a in func.value.args if isinstance(a, ast.Name)]
+            queue = next((a for a in args if a.id in constants), args[0] if args else None)
+            if queue is not None:
+                found.add(constants.get(queue.id, queue.id))
     return found
 
 
