@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     predict_backend: Literal["inprocess", "grpc", "rest"] = Field(
         "inprocess", description="Where predictions run: in the gateway, or TF Serving over gRPC or REST.")
     tfserving_grpc: str = Field("127.0.0.1:8500", description="TF Serving's gRPC address (backend grpc).")
+    oip_grpc_port: int = Field(0, ge=0, le=65535, description=(
+        "Port of the Open Inference Protocol's gRPC service (inference.GRPCInferenceService); 0: off."))
     tfserving_rest: str = Field("http://127.0.0.1:8501", description="TF Serving's REST URL (backend rest).")
     backend_timeout_s: float = Field(10.0, description="Deadline of one call to the prediction backend.")
     model_poll_s: float = Field(2.0, description="How often the in-process backend looks for new versions.")

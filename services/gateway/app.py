@@ -23,7 +23,7 @@ from services.gateway.errors import ApiError
 from services.gateway.images import PixelBudget
 from services.gateway.launchers.base import Launcher
 from services.gateway.metrics import GatewayMetrics
-from services.gateway.routes import classify, datasets, health, jobs, models, page, schemas
+from services.gateway.routes import classify, datasets, health, jobs, models, page, schemas, v2
 from services.gateway.routes.page import STATIC_DIR
 
 log = logging.getLogger(__name__)
@@ -176,9 +176,16 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
     async def lifespan(app: FastAPI):
         app.state.layout.ensure()
         await app.state.backend.start()
+        oip_grpc = None
+        if settings.oip_grpc_port:
+            from services.gateway import oip_grpc as grpc_service
+
+            oip_grpc = await grpc_service.start(app.state, settings.host, settings.oip_grpc_port)
         try:
             yield
         finally:
+            if oip_grpc is not None:
+                await oip_grpc.stop(grace=1)
             await app.state.backend.close()
             app.state.redis.close()
 
@@ -207,8 +214,8 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
     # The prediction routes first: every request is matched against the routes in
     # order (by the router and again by the metrics middleware), and predictions
     # are the hot path.
-    for router in (models.router, classify.router, health.router, jobs.router, datasets.router,
-                   schemas.router, page.router):
+    for router in (models.router, v2.router, classify.router, health.router, jobs.router,
+                   datasets.router, schemas.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app).expose(

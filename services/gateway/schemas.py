@@ -204,3 +204,83 @@ class TFServingPredictResponse(BaseModel):
 
     predictions: list[dict[str, Any]] | None = None
     outputs: dict[str, Any] | None = None
+
+
+# -- Open Inference Protocol (KServe v2) REST: documented shapes, for the OpenAPI schema --
+
+
+class OipError(BaseModel):
+    error: str
+
+
+class OipServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class OipTensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class OipModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[OipTensorMetadata]
+    outputs: list[OipTensorMetadata]
+
+
+class OipRepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: str
+
+
+class OipInputTensor(BaseModel):
+    name: str = Field(description='"images"')
+    datatype: str = Field(description='"BYTES"')
+    shape: list[int] = Field(description="[number of images]")
+    parameters: dict[str, Any] | None = Field(
+        None, description='{"binary_data_size": N} when the images follow the JSON header')
+    data: list[Any] | None = Field(None, description="each image in base64")
+
+
+class OipRequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = Field(None, description='{"binary_data": true}')
+
+
+class OipInferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[OipInputTensor]
+    outputs: list[OipRequestedOutput] | None = None
+
+
+class OipOutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class OipInferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[OipOutputTensor]
+
+
+class OipReady(BaseModel):
+    """The status is the answer (200 ready, 400 not); the body repeats it."""
+
+    ready: bool
+
+
+class OipLive(BaseModel):
+    live: bool

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from incept.layout import NAME_RE
 from services.gateway.backends.base import ModelStatus, PredictionBackend, PredictResult
 from services.gateway.errors import ApiError, BadImage, ModelNotFound, TooLarge, UnsupportedMedia
 from services.gateway.images import Images, check_images
@@ -21,6 +22,13 @@ def parse_version(version: str) -> int:
     if not version.isdigit():
         raise ApiError(f"Failed to convert version: {version[:40]} to numeric.")
     return int(version)
+
+
+def model_names(layout) -> list[str]:
+    """The models on disk (each a folder under models/)."""
+    if not layout.models.is_dir():
+        return []
+    return sorted(p.name for p in layout.models.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name))
 
 
 async def resolve(backend: PredictionBackend, name: str, version: str | None,
@@ -58,11 +66,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-async def checked(images: list[bytes], request: Request, *, media_is_400: bool = False) -> Images:
+async def checked(images: list[bytes], state, *, media_is_400: bool = False) -> Images:
     """The request-level limits (count, bytes, pixels) on decoded images. TF
     Serving calls an image it cannot decode INVALID_ARGUMENT: its protocol's
     routes answer 400 where the gateway's own says 415."""
-    settings = request.app.state.settings
+    settings = state.settings
     try:
         if sum(len(i) for i in images) < 256 * 1024:
             return check_images(images, settings)
@@ -74,9 +82,8 @@ async def checked(images: list[bytes], request: Request, *, media_is_400: bool =
         raise
 
 
-async def predict(request: Request, name: str, images: Images,
-                  version: int | None) -> PredictResult:
-    state = request.app.state
+async def predict(state, name: str, images: Images, version: int | None) -> PredictResult:
+    """``state`` is the app's state (settings, backend, metrics, pixel budget)."""
     async with state.pixel_budget.hold(images.pixels, state.settings.backend_timeout_s):
         result = await state.backend.predict(name, images, version)
     state.metrics.predicted_images.labels(model=name).inc(len(images))

@@ -41,8 +41,8 @@ async def classify(name: ModelName, request: Request,
     settings = request.app.state.settings
     body = await serving.read_body(request, settings.max_body_bytes)
     images = await serving.checked(parse_images(body, content_type, settings.max_images_per_request),
-                                   request)
-    result = await serving.predict(request, name, images, version)
+                                   request.app.state)
+    result = await serving.predict(request.app.state, name, images, version)
     # Built as PredictResponse documents it and encoded directly: validating our
     # own answer through the response model cost more than the rest of the route.
     return JSONResponse({

@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from services.gateway.deps import BackendDep, LayoutDep, RedisDep
-from services.gateway.routes.models import model_names
 from services.gateway.schemas import Health
+from services.gateway.serving import model_names
 
 router = APIRouter(tags=["health"])
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from incept.layout import NAME_RE
 from incept.serving import tfserving_json as tfs
 from services.gateway import serving
 from services.gateway.backends.inprocess import servable_versions
@@ -33,12 +32,6 @@ _PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json
     "schema": {"$ref": "#/components/schemas/TFServingPredictRequest"}}}}}
 
 
-def model_names(layout) -> list[str]:
-    if not layout.models.is_dir():
-        return []
-    return sorted(p.name for p in layout.models.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name))
-
-
 def _json(body: dict) -> Response:
     return Response(tfs.dumps(body), media_type="application/json")
 
@@ -47,7 +40,7 @@ def _json(body: dict) -> Response:
 async def list_models(layout: LayoutDep, backend: BackendDep):
     """The gateway's own list (TF Serving has none): every model on disk and its versions."""
     out = []
-    for name in model_names(layout):
+    for name in serving.model_names(layout):
         on_disk = servable_versions(layout.models / name)
         try:
             versions = [v.__dict__ for v in (await backend.model_status(name)).versions]
@@ -115,9 +108,9 @@ async def _predict(request: Request, name: str, version: str | None, label: str 
     if parsed.signature_name != tfs.SIGNATURE:
         raise ApiError(f'Serving signature name: "{parsed.signature_name[:80]}" not found in '
                        "signature def")
-    images = await serving.checked(parsed.images, request, media_is_400=True)
+    images = await serving.checked(parsed.images, request.app.state, media_is_400=True)
     pinned = await serving.resolve(request.app.state.backend, name, version, label)
-    result = await serving.predict(request, name, images, pinned)
+    result = await serving.predict(request.app.state, name, images, pinned)
     return _json(tfs.predict_response(result.outputs, parsed.columnar))
 
 

@@ -36,7 +36,7 @@ def test_no_server_errors(make_gateway, layout):
                 response = case.call(base_url=gw.url, headers=headers, timeout=30)
                 tried.append((case.method, case.path, response.status_code))
                 checks = [not_a_server_error]
-                if case.path.startswith("/v1/models/"):  # TF Serving's API: documented answers only
+                if case.path.startswith(("/v1/models/", "/v2")):  # protocols: documented answers only
                     checks += [status_code_conformance, content_type_conformance,
                                response_schema_conformance]
                 case.validate_response(response, checks=checks)
@@ -55,6 +55,13 @@ def test_schema_is_complete(client):
     for verb in ("", ":predict", "/metadata"):
         for pin in ("", "/versions/{version}", "/labels/{label}"):
             assert f"/v1/models/{{name}}{pin}{verb}" in paths
+    # The Open Inference Protocol's REST routes.
+    assert {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index",
+            "/v2/models/{name}", "/v2/models/{name}/versions/{version}", "/v2/models/{name}/ready",
+            "/v2/models/{name}/versions/{version}/ready", "/v2/models/{name}/infer",
+            "/v2/models/{name}/versions/{version}/infer"} <= paths
+    infer = spec["paths"]["/v2/models/{name}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
     predict = spec["paths"]["/v1/models/{name}:predict"]["post"]
     assert set(predict["requestBody"]["content"]) == {"application/json"}
     assert {"200", "400", "404", "413", "503"} <= set(predict["responses"])
