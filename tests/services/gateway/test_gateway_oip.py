@@ -132,6 +132,13 @@ def test_json_bytes_requested_outputs_and_errors(client, images):
             "not a JPEG or PNG")
     refused(infer, {"inputs": [one], "outputs": [{"name": "logits"}]}, 400, "unknown output")
     refused(infer, {"inputs": [{**one, "shape": [33], "data": data[:1] * 33}]}, 413, "limit is 32")
+    # A flood of elements is refused before it is parsed or unpacked.
+    flood = {"inputs": [{**one, "shape": [1], "data": [""] * 200_000}]}
+    refused(infer, flood, 413, "more than 32 images")
+    r = client.post(infer, content=b'{"inputs": [{"name": "images", "datatype": "BYTES", "shape": '
+                    b'[1000000], "parameters": {"binary_data_size": 4}}]}\0\0\0\0',
+                    headers={"Inference-Header-Content-Length": "112"})
+    assert r.status_code == 413, r.text
     r = client.post(infer, content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "not JSON" in r.json()["error"]
     r = client.post(infer, content=b'{"inputs": []}xx', headers={"Inference-Header-Content-Length": "99"})
