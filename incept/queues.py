@@ -5,11 +5,17 @@ trainer) never imports the consumer's code (and never TensorFlow)."""
 
 from __future__ import annotations
 
+import contextlib
+
+import psutil
 import redis
-from rq import Queue, Retry
+from rq import Queue, Retry, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
+
+from incept.jobstate import TERMINAL_STATES, JobState
 
 TRAIN_QUEUE = "train"
 EVAL_QUEUE = "eval"
@@ -104,11 +110,56 @@ def enqueue_eval(conn: redis.Redis, job_id: str, step: int) -> bool:
     return True
 
 
-def enqueue_training(conn: redis.Redis, job_id: str) -> Job:
+def enqueue_training(conn: redis.Redis, job_id: str, resume_step: int | None = None) -> Job:
+    """Ask for a job's training: the first request (one per job), or a preempted
+    job's request to resume from the checkpoint of ``resume_step`` (one per stop,
+    so it never collides with the request still finishing)."""
+    if resume_step is None:
+        rid, description = train_request_id(job_id), f"train {job_id}"
+    else:
+        rid = request_id("train", job_id, "resume", int(resume_step))
+        description = f"resume {job_id} at step {resume_step}"
     return rq_queue(conn, TRAIN_QUEUE).enqueue(
-        TRAIN_FUNC, job_id, job_id=train_request_id(job_id), job_timeout=TRAIN_TIMEOUT_S,
-        result_ttl=30 * 24 * 3600, failure_ttl=30 * 24 * 3600, description=f"train {job_id}",
+        TRAIN_FUNC, job_id, job_id=rid, job_timeout=TRAIN_TIMEOUT_S,
+        result_ttl=30 * 24 * 3600, failure_ttl=30 * 24 * 3600, description=description,
     )
+
+
+def resume_interrupted_jobs(conn: redis.Redis) -> list[str]:
+    """Queue again every training job that is not finished and has no request
+    waiting in the queue or running on a live worker (its worker was killed
+    before it could queue a resume request): the trainer resumes it from its
+    newest checkpoint. Call before a trainer worker starts. Jobs of another
+    launcher (Kubernetes) are not ours to restart."""
+    queue = rq_queue(conn, TRAIN_QUEUE)
+    covered = {job.args[0] for job in queue.jobs
+               if job is not None and job.func_name == TRAIN_FUNC and job.args}
+    for rid in StartedJobRegistry(queue=queue).get_job_ids():
+        with contextlib.suppress(NoSuchJobError):
+            job = fetch_request(conn, rid)
+            if job.args and _request_has_live_worker(conn, job):
+                covered.add(job.args[0])
+    jobs, resumed = JobState(conn), []
+    for job_id in jobs.list_ids():
+        info = jobs.get(job_id) or {}
+        launcher = info.get("launcher")
+        if info.get("state") in TERMINAL_STATES or job_id in covered:
+            continue
+        if isinstance(launcher, dict) and launcher.get("launcher") not in (None, "local"):
+            continue
+        with contextlib.suppress(NoSuchJobError):
+            fetch_request(conn, train_request_id(job_id)).delete()
+        enqueue_training(conn, job_id)
+        resumed.append(job_id)
+    return resumed
+
+
+def _request_has_live_worker(conn: redis.Redis, request: Job) -> bool:
+    name = getattr(request, "worker_name", None)
+    if not name:
+        return False
+    return any(worker.name == name and psutil.pid_exists(worker.pid or 0)
+               for worker in Worker.all(connection=conn))
 
 
 def enqueue_conversion(conn: redis.Redis, name: str, source_dir: str) -> Job:

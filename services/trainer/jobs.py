@@ -22,18 +22,9 @@ def run_training(job_id: str) -> dict:
     settings = get_settings()
     result = train(job_id, settings.layout.ensure(), redis_url=settings.redis_url)
     if result.state == "preempted":
-        from incept.queues import (
-            TRAIN_FUNC,
-            TRAIN_QUEUE,
-            TRAIN_TIMEOUT_S,
-            connect,
-            request_id,
-            rq_queue,
-        )
+        from incept.queues import connect, enqueue_training
 
-        rq_queue(connect(settings.redis_url), TRAIN_QUEUE).enqueue(
-            TRAIN_FUNC, job_id, job_id=request_id("train", job_id, "resume", result.step),
-            job_timeout=TRAIN_TIMEOUT_S, description=f"resume {job_id} at step {result.step}")
+        enqueue_training(connect(settings.redis_url), job_id, resume_step=result.step)
     return asdict(result)
 
 

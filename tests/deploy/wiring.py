@@ -118,7 +118,7 @@ PRODUCERS: dict[str, tuple[set[str], str, Callable[[Settings], bool]]] = {
     "incept/training/redis_link.py": ({"trainer", "train"}, EVAL_QUEUE, lambda s: True),
     "services/evaluator/reconciler.py": ({"evaluator"}, EVAL_QUEUE, lambda s: True),
     # `incept up` queues interrupted jobs again before its trainer starts.
-    "incept/stack.py": ({"up"}, TRAIN_QUEUE, lambda s: True),
+    "incept/stack/supervisor.py": ({"up"}, TRAIN_QUEUE, lambda s: True),
 }
 
 

@@ -19,7 +19,6 @@ from incept.stack import (
     Stack,
     StackError,
     read_state,
-    resume_interrupted_jobs,
     stop_orphans,
     stop_stack,
 )
@@ -53,6 +52,18 @@ def test_redis_persists_across_stack_restarts_and_state_file_lifecycle(tmp_path)
         assert again.token == token  # clients keep working across restarts
     finally:
         again.stop()
+
+
+def test_configured_api_tokens_are_the_stacks_and_reach_every_child(tmp_path, monkeypatch):
+    monkeypatch.setenv("INCEPT_API_TOKENS", " first, second ")
+    stack = Stack(tmp_path / "data", port=0, services=()).start()
+    try:
+        assert stack.token == "first"
+        assert read_state(stack.data_root)["token"] == "first"
+        assert stack.make_child("gateway").env["INCEPT_API_TOKENS"] == "first,second"
+        assert not stack.paths.token_file.exists()  # nothing generated
+    finally:
+        stack.stop()
 
 
 def test_refuses_a_second_stack_on_the_same_data_root(tmp_path):
@@ -110,16 +121,16 @@ def test_stop_orphans_tolerates_gone_processes():
     stop_orphans({"children": {"trainer": {"pid": 999999999, "create_time": 1.0}}}, timeout_s=1)
 
 
-def test_interrupted_training_jobs_are_queued_again(redis_url, redis_conn):
+def test_interrupted_training_jobs_are_queued_again(redis_conn):
     from rq.job import JobStatus
 
     from incept.jobstate import JobState
     from incept.queues import (
-        TRAIN_FUNC,
         TRAIN_QUEUE,
         enqueue_training,
         request_id,
         request_status,
+        resume_interrupted_jobs,
         rq_queue,
         train_request_id,
     )
@@ -131,8 +142,7 @@ def test_interrupted_training_jobs_are_queued_again(redis_url, redis_conn):
         jobs.update(job_id, state=state)
     enqueue_training(redis_conn, "waiting")
     # What a preempted trainer queues for itself (another request id, same job).
-    rq_queue(redis_conn, TRAIN_QUEUE).enqueue(
-        TRAIN_FUNC, "preempted", job_id=request_id("train", "preempted", "resume", 7))
+    enqueue_training(redis_conn, "preempted", resume_step=7)
     # "abandoned": its request was taken by a worker that no longer exists.
     req = enqueue_training(redis_conn, "abandoned")
     rq_queue(redis_conn, TRAIN_QUEUE).remove(req)
@@ -140,7 +150,7 @@ def test_interrupted_training_jobs_are_queued_again(redis_url, redis_conn):
     req.worker_name = "gone-worker"
     req.save()
 
-    resumed = resume_interrupted_jobs(redis_url)
+    resumed = resume_interrupted_jobs(redis_conn)
 
     assert sorted(resumed) == ["abandoned", "lost"]
     queued = rq_queue(redis_conn, TRAIN_QUEUE).job_ids
@@ -148,7 +158,7 @@ def test_interrupted_training_jobs_are_queued_again(redis_url, redis_conn):
                                     + [train_request_id(j) for j in ("waiting", "lost", "abandoned")])
     assert request_status(redis_conn, train_request_id("done")) is None
     # Nothing is queued twice when asked again.
-    assert resume_interrupted_jobs(redis_url) == []
+    assert resume_interrupted_jobs(redis_conn) == []
     assert len(rq_queue(redis_conn, TRAIN_QUEUE).job_ids) == 4
 
 
