@@ -56,8 +56,10 @@ down: venv
 tensorboard: venv
 	$(BIN)/tensorboard --logdir "$(DATA_ROOT)/runs" --host 127.0.0.1 --port 6006
 
+# ruff, and the import-linter contracts in pyproject.toml (layers point one way).
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 pytest: venv browser tools
 	$(BIN)/python -m pytest -q

@@ -1,6 +1,10 @@
 """The ``incept`` command. Each subcommand lives in its own module with
 ``add_arguments(parser)`` and ``run(args) -> int``; modules are imported only
-when their command runs, so ``incept status`` never pays for TensorFlow."""
+when their command runs, so ``incept status`` never pays for TensorFlow.
+
+The library's commands are listed here; the services register theirs
+(``train``, ``trainer``, ``evaluator``, ``gateway``) as ``incept.commands``
+entry points in pyproject.toml, so the library never imports a service."""
 
 from __future__ import annotations
 
@@ -8,26 +12,41 @@ import argparse
 import importlib
 import logging
 import sys
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 from incept.errors import UserError
 
-# name -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "convert": ("incept.commands.convert", "convert a folder of class folders to TFRecords"),
-    "download": ("incept.commands.download", "download the flowers archive or the Inception v4 checkpoint"),
-    "train": ("services.trainer.main", "run a training job in this process"),
-    "trainer": ("services.trainer.worker", "run a trainer worker on the rq queues 'train' and 'datasets'"),
-    "converter": ("services.trainer.worker", "run a dataset converter worker on the rq queue 'datasets'"),
-    "evaluator": ("services.evaluator.main", "run an evaluator worker on the rq queue 'eval'"),
-    "export": ("incept.commands.export", "export a checkpoint as a SavedModel for TF Serving"),
-    "gateway": ("services.gateway.main", "serve the HTTP API and the web page"),
-    "submit": ("incept.commands.client", "submit a job spec to the gateway"),
-    "status": ("incept.commands.client", "show jobs, or one job"),
-    "watch": ("incept.commands.client", "follow a job's progress live"),
-    "predict": ("incept.commands.predict", "classify images through the gateway, TF Serving gRPC or REST"),
-    "up": ("incept.commands.stack", "start the whole system as local processes"),
-    "down": ("incept.commands.stack", "stop a stack started with 'incept up --detach'"),
+ENTRY_POINT_GROUP = "incept.commands"
+
+
+@dataclass(frozen=True)
+class Command:
+    module: str  # has add_arguments/run, or add_<name>_arguments/run_<name>
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "convert": Command("incept.commands.convert", "convert a folder of class folders to TFRecords"),
+    "download": Command("incept.commands.download",
+                        "download the flowers archive or the Inception v4 checkpoint"),
+    "export": Command("incept.commands.export", "export a checkpoint as a SavedModel for TF Serving"),
+    "submit": Command("incept.commands.client", "submit a job spec to the gateway"),
+    "status": Command("incept.commands.client", "show jobs, or one job"),
+    "watch": Command("incept.commands.client", "follow a job's progress live"),
+    "predict": Command("incept.commands.predict",
+                       "classify images through the gateway, TF Serving gRPC or REST"),
+    "up": Command("incept.commands.stack", "start the whole system as local processes"),
+    "down": Command("incept.commands.stack", "stop a stack started with 'incept up --detach'"),
 }
+
+
+def all_commands() -> dict[str, Command]:
+    """The library's commands and those the installed services register."""
+    found = dict(COMMANDS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.load()
+    return found
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -37,14 +56,18 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
-        chosen = next((a for a in argv if not a.startswith("-")), None)
+    commands = all_commands()
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    if chosen is not None and chosen not in commands:
+        parser.error(f"unknown command {chosen!r}; the services' commands are registered as "
+                     f"{ENTRY_POINT_GROUP!r} entry points: if one is missing, reinstall the package "
+                     "(pip install -e .)")
+    for name, command in commands.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        p.set_defaults(_module=command.module)
         if name == chosen:
             # Only the chosen command needs its module (and its arguments).
-            mod = importlib.import_module(module)
-            _add_arguments(mod, name, p)
+            _add_arguments(importlib.import_module(command.module), name, p)
     return parser
 
 

@@ -266,7 +266,7 @@ def _sample_images(source: Path, limit: int = 5) -> list[Path]:
 def show_results(client: GatewayClient, job: dict, data: DemoData, console: Console) -> None:
     from rich.table import Table
 
-    from incept.commands.client import evaluations_of
+    from incept.console import evaluations_of
 
     table = Table(title=f"evaluations of {job['job_id']}")
     for col in ("step", "accuracy", "recall@5", "loss", "exported version"):
@@ -334,7 +334,7 @@ def plan_demo(root: Path, *, data: Path | None = None, checkpoint: str | None = 
 def run_demo(url: str, token: str | None, root: Path, plan: DemoPlan,
              console: Console | None = None) -> str | None:
     """Run (or follow again) the demo job over HTTP; returns its id."""
-    from incept.commands.client import watch
+    from incept.console import watch
 
     console = console or Console()
     paths = StackPaths(Path(root).resolve())

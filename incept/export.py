@@ -41,6 +41,7 @@ import keras
 import tensorflow as tf
 
 from incept.fsutil import fsync_dir, fsync_tree
+from incept.layout import list_versions
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +59,6 @@ class ExportResult:
 
 def top_k(num_classes: int) -> int:
     return min(TOP_K, num_classes)
-
-
-def list_versions(model_base: Path) -> list[int]:
-    """Integer version folders under ``model_base``, ascending (what TF Serving sees)."""
-    model_base = Path(model_base)
-    if not model_base.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_base.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def serving_outputs(model: keras.Model, pixels: tf.Tensor, class_names: Sequence[str],

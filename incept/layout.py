@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,24 @@ def check_name(name: str, what: str = "name") -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def new_job_id(stem: str) -> str:
+    """``<stem>-<UTC time>-<random>``: readable, sortable, unique, and a valid name."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(stem).name).strip("-_")[:32] or "job"
+    if not stem[0].isalnum():
+        stem = "job-" + stem
+    return check_name(f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-"
+                      f"{secrets.token_hex(3)}", "job id")
+
+
+def list_versions(model_dir: Path) -> list[int]:
+    """Integer version folders under a model's folder, ascending: what TF Serving
+    serves (export renames each finished version into place, so each is whole)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 @dataclass(frozen=True)
@@ -149,6 +169,16 @@ class Layout:
 
     def model(self, name: str) -> Path:
         return self.models / check_name(name, "model name")
+
+    def model_names(self) -> list[str]:
+        """Served models: the folders under models/ with a valid name, sorted."""
+        if not self.models.is_dir():
+            return []
+        return sorted(p.name for p in self.models.iterdir()
+                      if p.is_dir() and NAME_RE.fullmatch(p.name) and ".." not in p.name)
+
+    def model_versions(self, name: str) -> list[int]:
+        return list_versions(self.model(name))
 
     @property
     def feature_cache(self) -> Path:

@@ -1,5 +1,5 @@
 """``incept predict IMAGE...``: classify photos through the gateway (default),
-or straight through TF Serving's gRPC or REST API with the gateway's backends."""
+or straight through TF Serving's gRPC or REST API (``incept.serving``)."""
 
 from __future__ import annotations
 
@@ -48,13 +48,14 @@ def _via_gateway(args, images: list[bytes]) -> dict:
 
 
 async def _via_tfserving(args, images: list[bytes]) -> dict:
-    from services.gateway.errors import ApiError
+    from incept.errors import ApiError
+    from incept.serving.outputs import answer_json
 
     if args.grpc:
-        from services.gateway.backends.grpc import GrpcBackend
+        from incept.serving.grpc import GrpcBackend
         backend = GrpcBackend(args.grpc)
     else:
-        from services.gateway.backends.rest import RestBackend
+        from incept.serving.rest import RestBackend
         backend = RestBackend(args.rest)
     await backend.start()
     try:
@@ -63,9 +64,7 @@ async def _via_tfserving(args, images: list[bytes]) -> dict:
         raise UserError(e.message) from None
     finally:
         await backend.close()
-    return {"model": result.model, "version": result.version, "predictions": [
-        {"top": [{"label": lb, "score": s} for lb, s in zip(p.labels, p.scores, strict=False)],
-         "unknown": p.is_unknown, "ood_score": p.ood_score} for p in result.predictions]}
+    return answer_json(result)
 
 
 def run(args: argparse.Namespace) -> int:

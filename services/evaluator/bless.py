@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from incept.export import MANIFEST, export_model, list_versions
-from incept.layout import Layout, RunLayout
+from incept.export import MANIFEST, export_model
+from incept.layout import Layout, RunLayout, list_versions
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,11 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from incept.errors import UserError
+from incept.errors import ApiError, UserError
 from incept.queues import connect
+from incept.serving.backend import PredictionBackend
 from incept.settings import Settings
 from incept.spec import SpecError
-from services.gateway.backends.base import PredictionBackend
-from services.gateway.errors import ApiError
 from services.gateway.images import PixelBudget
 from services.gateway.launchers.base import Launcher
 from services.gateway.metrics import GatewayMetrics
@@ -30,14 +29,19 @@ log = logging.getLogger(__name__)
 
 
 def make_backend(settings: Settings, metrics: GatewayMetrics) -> PredictionBackend:
+    def count_error(kind: str) -> None:
+        metrics.backend_errors.labels(backend=settings.predict_backend, kind=kind).inc()
+
     if settings.predict_backend == "grpc":
-        from services.gateway.backends.grpc import GrpcBackend
+        from incept.serving.grpc import GrpcBackend
 
-        return GrpcBackend(settings.tfserving_grpc, timeout_s=settings.backend_timeout_s, metrics=metrics)
+        return GrpcBackend(settings.tfserving_grpc, timeout_s=settings.backend_timeout_s,
+                           on_error=count_error)
     if settings.predict_backend == "rest":
-        from services.gateway.backends.rest import RestBackend
+        from incept.serving.rest import RestBackend
 
-        return RestBackend(settings.tfserving_rest, timeout_s=settings.backend_timeout_s, metrics=metrics)
+        return RestBackend(settings.tfserving_rest, timeout_s=settings.backend_timeout_s,
+                           on_error=count_error)
     from services.gateway.backends.inprocess import InProcessBackend
 
     return InProcessBackend(settings.layout, poll_s=settings.model_poll_s,

@@ -12,8 +12,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from incept.jobstate import JobState
 from incept.layout import Layout, check_name
+from incept.serving.backend import PredictionBackend
 from incept.settings import Settings
-from services.gateway.backends.base import PredictionBackend
 from services.gateway.errors import ApiError, ModelNotFound, NotFound
 from services.gateway.launchers.base import Launcher
 from services.gateway.metrics import GatewayMetrics

@@ -28,7 +28,7 @@ async def available_versions(state, name: str) -> list[int]:
 
 async def server_ready(state) -> bool:
     try:
-        ready, _ = await state.backend.ready(serving.model_names(state.layout))
+        ready, _ = await state.backend.ready(state.layout.model_names())
     except ApiError:
         return False
     return ready
@@ -55,7 +55,7 @@ async def model_metadata(state, name: str, version: str | None) -> dict:
 async def repository_index(state) -> list[dict]:
     """Every model on disk with its newest served version (the model repository extension)."""
     out = []
-    for name in serving.model_names(state.layout):
+    for name in state.layout.model_names():
         try:
             versions = await available_versions(state, name)
         except ApiError:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from incept.layout import NAME_RE
-from services.gateway.backends.base import ModelStatus, PredictionBackend, PredictResult
+from incept.serving.backend import ModelStatus, PredictionBackend
+from incept.serving.outputs import PredictResult
 from services.gateway.errors import ApiError, BadImage, ModelNotFound, TooLarge, UnsupportedMedia
 from services.gateway.images import Images, check_images
 
@@ -22,13 +22,6 @@ def parse_version(version: str) -> int:
     if not version.isdigit():
         raise ApiError(f"Failed to convert version: {version[:40]} to numeric.")
     return int(version)
-
-
-def model_names(layout) -> list[str]:
-    """The models on disk (each a folder under models/)."""
-    if not layout.models.is_dir():
-        return []
-    return sorted(p.name for p in layout.models.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name))
 
 
 async def resolve(backend: PredictionBackend, name: str, version: str | None,

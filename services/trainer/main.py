@@ -7,8 +7,6 @@ SIGTERM after writing a checkpoint (a restart resumes from it)."""
 from __future__ import annotations
 
 import argparse
-import secrets
-import time
 
 from incept.errors import UserError
 from incept.fsutil import write_json_atomic
@@ -28,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def prepare_run(layout, spec_path: str, job_id: str | None) -> str:
     """Validate the spec and create runs/<id>/spec.json (before anything starts)."""
-    from incept.layout import check_name
+    from incept.layout import check_name, new_job_id
     from incept.spec import load_spec
 
     try:
@@ -36,7 +34,7 @@ def prepare_run(layout, spec_path: str, job_id: str | None) -> str:
     except FileNotFoundError:
         raise UserError(f"no spec file {spec_path}") from None
     if job_id is None:
-        job_id = f"{spec.serving_name()}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        job_id = new_job_id(spec.serving_name())
     try:
         check_name(job_id, "job id")
     except ValueError as e:

@@ -174,7 +174,7 @@ def test_stack_is_up_healthy_and_protected(e2e):
 def test_pipeline_over_http(e2e, tmp_path):
     import tarfile
 
-    from incept.commands.client import evaluations_of
+    from incept.console import evaluations_of
 
     # Upload the generated photos as a user would, and wait for the conversion.
     archive = tmp_path / "photos.tar.gz"
@@ -292,7 +292,7 @@ def test_redis_stopped_and_started_again_mid_run(e2e):
 
 
 def test_every_job_finishes_with_each_checkpoint_evaluated_once(e2e):
-    from incept.commands.client import evaluations_of
+    from incept.console import evaluations_of
     from incept.jobstate import JobState
 
     for job_id in e2e.jobs:

@@ -13,7 +13,8 @@ from PIL import Image
 
 from incept import nets
 from incept.evaluation.open_set import DEFAULT_SCORE, OpenSetScore
-from incept.export import export_model, list_versions, read_manifest
+from incept.export import export_model, read_manifest
+from incept.layout import list_versions
 from incept.preprocessing import decode_and_preprocess_for_eval
 
 CLASSES = ["daisy", "dandelion", "roses"]

@@ -19,26 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from incept.layout import Layout
-from services.gateway.backends.base import (
-    ModelMetadata,
-    ModelStatus,
-    PredictionBackend,
-    PredictResult,
-    VersionStatus,
-)
-from services.gateway.errors import ApiError, BackendUnavailable, BadImage, ModelNotFound
+from incept.errors import ApiError
+from incept.layout import Layout, list_versions
+from incept.serving.backend import ModelMetadata, ModelStatus, PredictionBackend, VersionStatus
+from incept.serving.errors import BackendUnavailable, BadImage, ModelNotFound
+from incept.serving.outputs import PredictResult
 from services.gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
-
-
-def servable_versions(model_dir: Path) -> list[int]:
-    """Complete versions on disk (export renames a finished folder into place)."""
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.name.isdigit() and (p / "saved_model.pb").exists())
 
 
 @dataclass
@@ -119,7 +107,7 @@ class InProcessBackend(PredictionBackend):
     async def _refresh(self, slot: ModelSlot) -> None:
         """Load the newest servable version if it is newer than the one served."""
         async with slot.load_lock:
-            versions = [v for v in servable_versions(self._model_dir(slot.name))
+            versions = [v for v in list_versions(self._model_dir(slot.name))
                         if v not in slot.failed]
             if not versions or (slot.current and slot.current.version >= versions[-1]):
                 return

@@ -5,11 +5,10 @@ page, the CLI and the demo use it; TF Serving's clients use ``:predict``."""
 
 from __future__ import annotations
 
-import math
-
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
+from incept.serving.outputs import answer_json
 from services.gateway import serving
 from services.gateway.deps import ModelName, PredictAuthorized
 from services.gateway.errors import ApiError
@@ -45,15 +44,4 @@ async def classify(name: ModelName, request: Request,
     result = await serving.predict(request.app.state, name, images, version)
     # Built as PredictResponse documents it and encoded directly: validating our
     # own answer through the response model cost more than the rest of the route.
-    return JSONResponse({
-        "model": result.model, "version": result.version,
-        "predictions": [{"top": [{"label": lb, "score": _finite(s)}
-                                 for lb, s in zip(p.labels, p.scores, strict=False)],
-                         "unknown": p.is_unknown, "ood_score": _finite(p.ood_score)}
-                        for p in result.predictions],
-    })
-
-
-def _finite(value: float) -> float | None:
-    """JSON has no NaN or infinity: null, as pydantic writes them."""
-    return value if math.isfinite(value) else None
+    return JSONResponse(answer_json(result))

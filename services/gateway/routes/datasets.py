@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import uuid
@@ -11,18 +10,10 @@ import uuid
 import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
-from rq.job import JobStatus
 from starlette.concurrency import run_in_threadpool
 
-from incept.queues import (
-    DATASETS_QUEUE,
-    conversion_request_id,
-    enqueue_conversion,
-    fetch_request,
-    request_part,
-    request_status,
-    rq_queue,
-)
+from incept.queues import enqueue_conversion
+from services.gateway import service
 from services.gateway.archives import Limits, extract_archive
 from services.gateway.deps import (
     Authorized,
@@ -42,88 +33,15 @@ ARCHIVE_TYPES = ("application/zip", "application/x-tar", "application/gzip",
                  "application/x-gzip", "application/octet-stream")
 
 
-def conversion_state(conn: redis.Redis, name: str) -> tuple[str | None, str | None]:
-    try:
-        status = request_status(conn, conversion_request_id(name))
-    except redis.RedisError:
-        return None, None
-    if status is None:
-        return None, None
-    if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-        with contextlib.suppress(Exception):
-            job = fetch_request(conn, conversion_request_id(name))
-            result = job.latest_result()
-            reason = (result.exc_string or "").strip().splitlines()[-1:] if result else []
-            return "failed", (reason[0][:300] if reason else "conversion failed")
-        return "failed", "conversion failed"
-    if status == JobStatus.FINISHED:
-        return "ready", None
-    return "converting", None
-
-
-def conversion_progress(conn: redis.Redis, name: str) -> dict | None:
-    """(done, total) images the converter reported in its rq job's meta."""
-    from rq.job import Job
-
-    try:
-        progress = Job.fetch(conversion_request_id(name), connection=conn).get_meta().get("progress")
-    except Exception:  # no such job (any more), or Redis away: no progress to show
-        return None
-    return progress if isinstance(progress, dict) else None
-
-
-def _dataset(layout, conn, name: str) -> dict | None:
-    path = layout.dataset(name)
-    info_file = path / "dataset.json"
-    if info_file.exists():
-        try:
-            info = json.loads(info_file.read_text())
-        except (OSError, ValueError):
-            info = {}
-        names = info.get("class_names")
-        return {"name": name, "state": "ready", "class_names": names,
-                "num_classes": info.get("num_classes") or (len(names) if names else None),
-                "counts": info.get("counts") or info.get("num_examples"),
-                "per_class": info.get("per_class"), "skipped": info.get("skipped"),
-                "converted": len(info.get("converted") or []),
-                "thumbnails": (info.get("thumbnails") or {}).get("samples")}
-    state, error = conversion_state(conn, name)
-    if state is None:
-        return None
-    out = {"name": name, "state": "converting" if state == "ready" else state, "error": error}
-    if out["state"] == "converting":
-        out["progress"] = conversion_progress(conn, name)
-    return out
-
-
-def _pending_names(conn) -> set[str]:
-    try:
-        prefix = conversion_request_id("")
-        return {request_part(jid.removeprefix(prefix))
-                for jid in rq_queue(conn, DATASETS_QUEUE).job_ids if jid.startswith(prefix)}
-    except redis.RedisError:
-        return set()
-
-
 @router.get("", response_model=DatasetList)
 def list_datasets(layout: LayoutDep, conn: RedisDep):
-    names = set()
-    if layout.datasets.is_dir():
-        names |= {p.name for p in layout.datasets.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    names |= _pending_names(conn)
-    out = []
-    for name in sorted(names):
-        with contextlib.suppress(ValueError):
-            d = _dataset(layout, conn, name)
-            if d is not None:
-                out.append(d)
-    return {"datasets": out}
+    return {"datasets": service.list_datasets(layout, conn)}
 
 
 @router.get("/{name}", response_model=DatasetInfoOut, responses={404: {"model": ErrorBody}})
 def get_dataset(name: DatasetName, layout: LayoutDep, conn: RedisDep):
     try:
-        d = _dataset(layout, conn, name)
+        d = service.dataset_info(layout, conn, name)
     except ValueError:
         d = None
     if d is None:
@@ -164,7 +82,7 @@ async def upload_dataset(
                        status_code=415)
     if layout.dataset(name).exists():
         raise Conflict(f"dataset {name!r} already exists")
-    state, _ = await run_in_threadpool(conversion_state, conn, name)
+    state, _ = await run_in_threadpool(service.conversion_state, conn, name)
     if state == "converting":
         raise Conflict(f"dataset {name!r} is already being converted")
 

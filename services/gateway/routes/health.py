@@ -9,7 +9,6 @@ from starlette.concurrency import run_in_threadpool
 
 from services.gateway.deps import BackendDep, LayoutDep, RedisDep
 from services.gateway.schemas import Health
-from services.gateway.serving import model_names
 
 router = APIRouter(tags=["health"])
 
@@ -30,7 +29,7 @@ async def readyz(conn: RedisDep, backend: BackendDep, layout: LayoutDep):
         ok = False
         checks["redis"] = f"unreachable: {type(e).__name__}"
     try:
-        ready, why = await backend.ready(model_names(layout))
+        ready, why = await backend.ready(layout.model_names())
     except Exception as e:  # readiness must answer, whatever the backend does
         ready, why = False, f"{type(e).__name__}: {e}"
     checks["backend"] = why

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import re
-import secrets
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,15 +15,8 @@ from fastapi import APIRouter, Body, Header, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from incept.data.dataset import DatasetInfo
-from incept.errors import UserError
-from incept.fsutil import write_json_atomic
 from incept.jobstate import STREAM_MAXLEN, TERMINAL_STATES
-from incept.layout import NAME_RE
-from incept.resources import job_resource_problems
-from incept.resources import limits as resource_limits
-from incept.spec import JobSpec, SpecError, parse_spec
-from services.gateway import jobview
+from services.gateway import jobview, service
 from services.gateway.deps import (
     Authorized,
     JobId,
@@ -34,8 +26,7 @@ from services.gateway.deps import (
     RedisDep,
     SettingsDep,
 )
-from services.gateway.errors import ApiError, Conflict, NotFound
-from services.gateway.routes.datasets import conversion_state
+from services.gateway.errors import ApiError
 from services.gateway.schemas import ErrorBody, JobCreated, JobDetail, JobList
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=Authorized,
@@ -46,79 +37,15 @@ log = logging.getLogger(__name__)
 SSE_POLL_MS = 1000
 
 
-def new_job_id(dataset: str) -> str:
-    """``<dataset>-<UTC time>-<random>``: readable, sortable, unique, and NAME_RE-safe."""
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(dataset).name).strip("-_")[:32] or "job"
-    if not stem[0].isalnum():
-        stem = "job-" + stem
-    job_id = f"{stem}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-    assert NAME_RE.fullmatch(job_id)
-    return job_id
-
-
-def _get_job(layout, state, job_id: str, *, full: bool) -> dict:
-    job = jobview.job_summary(layout, state, job_id, full=full)
-    if job is None:
-        raise NotFound(f"unknown job {job_id!r}")
-    return job
-
-
 @router.post("", status_code=202, response_model=JobCreated,
              responses={400: {"model": ErrorBody}, 422: {"model": ErrorBody},
                         503: {"model": ErrorBody}})
 def submit_job(request: Request, layout: LayoutDep, state: JobStateDep, launcher: LauncherDep,
                conn: RedisDep, settings: SettingsDep,
                spec: Annotated[dict[str, Any], Body(description="A job spec (incept.spec.JobSpec).")]):
-    job_spec = parse_spec(spec)
-    try:
-        dataset_dir = job_spec.dataset_dir(layout)
-    except ValueError as e:
-        raise ApiError(f"dataset: {e}") from None
-    if not dataset_dir.is_dir() and dataset_dir.parent == layout.datasets:
-        converting, _ = conversion_state(conn, dataset_dir.name)
-        if converting == "converting":
-            raise Conflict(f"dataset {dataset_dir.name!r} is still being converted; submit the job "
-                           f"when GET /v1/datasets/{dataset_dir.name} says ready")
-    if not dataset_dir.is_dir():
-        raise ApiError(f"dataset {job_spec.dataset!r} is not a known dataset "
-                       f"(no folder {dataset_dir.relative_to(layout.root)} in the data root)")
-    problems = _resource_problems(job_spec, layout, dataset_dir, settings)
-    if problems:
-        raise SpecError(problems)
-    job_id = new_job_id(job_spec.dataset)
-    run = layout.run(job_id)
-    run.root.mkdir(parents=True)
-    # The spec is on the volume before anything can start the job (the contract).
-    spec_json = job_spec.model_dump(mode="json")
-    write_json_atomic(run.spec, spec_json)
-    state.create(job_id, spec=json.dumps(spec_json), dataset=job_spec.dataset,
-                 model_name=job_spec.serving_name(), max_steps=job_spec.max_steps)
-    try:
-        ref = launcher.launch(job_id)
-    except Exception as e:
-        state.set_state(job_id, "failed", error=f"could not launch: {e}")
-        raise ApiError(f"could not launch the job: {e}", status_code=503,
-                       headers={"Retry-After": "30"}) from None
-    state.update(job_id, launcher=json.dumps({"launcher": launcher.name, "ref": ref}))
+    job_id = service.submit_job(layout, state, launcher, conn, settings, spec)
     return JobCreated(job_id=job_id, url=str(request.url_for("get_job", job_id=job_id)),
                       state="queued")
-
-
-def _resource_problems(job_spec: JobSpec, layout, dataset_dir: Path, settings) -> list[str]:
-    """What the spec asks beyond the data root or a trainer's memory (the
-    trainer checks again against its own cgroup when it starts)."""
-    problems = []
-    if job_spec.checkpoint:
-        try:
-            layout.base_checkpoint(job_spec.checkpoint)
-        except ValueError as e:
-            problems.append(f"checkpoint: {e}")
-    try:
-        num_train = DatasetInfo.load(dataset_dir).count("train")
-    except UserError:  # not converted (yet): the trainer says so
-        num_train = 0
-    memory = settings.trainer_memory_bytes or resource_limits().memory_bytes
-    return problems + job_resource_problems(job_spec, num_train, memory)
 
 
 @router.get("", response_model=JobList)
@@ -128,34 +55,13 @@ def list_jobs(layout: LayoutDep, state: JobStateDep):
 
 @router.get("/{job_id}", response_model=JobDetail, responses={404: {"model": ErrorBody}})
 def get_job(job_id: JobId, layout: LayoutDep, state: JobStateDep, request: Request):
-    job = _get_job(layout, state, job_id, full=True)
-    launched = job.get("launcher") if isinstance(job.get("launcher"), dict) else {}
-    launcher = request.app.state.launcher
-    if launcher is not None and job["state"] not in TERMINAL_STATES:
-        try:  # what the cluster (or rq) says right now
-            launched = {**launched, **(launcher.status(job_id) or {})}
-        except ApiError as e:
-            launched = {**launched, "error": e.message}
-    job["launcher"] = launched or None
-    return job
+    return service.job_detail(layout, state, request.app.state.launcher, job_id)
 
 
 @router.delete("/{job_id}", status_code=202, response_model=JobDetail,
                responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
 def cancel_job(job_id: JobId, layout: LayoutDep, state: JobStateDep, launcher: LauncherDep):
-    job = _get_job(layout, state, job_id, full=False)
-    if job["state"] in TERMINAL_STATES:
-        raise Conflict(f"job {job_id} already {job['state']}")
-    try:
-        state.request_cancel(job_id)
-        if launcher.cancel(job_id):
-            state.set_state(job_id, "cancelled")  # it never started
-        else:
-            state.set_state(job_id, "cancelling")
-    except redis.RedisError:
-        raise ApiError("Redis is unavailable; try again", status_code=503,
-                       headers={"Retry-After": "5"}) from None
-    return _get_job(layout, state, job_id, full=True)
+    return service.cancel_job(layout, state, launcher, job_id)
 
 
 @router.get("/{job_id}/events", response_class=StreamingResponse,
@@ -171,7 +77,7 @@ async def job_events(job_id: JobId, request: Request, layout: LayoutDep, state: 
     evaluator works on the last checkpoints after the trainer is done) and its
     events were sent, then says ``end`` and closes."""
     after = stream_position(last_event_id)
-    await run_in_threadpool(_get_job, layout, state, job_id, full=False)
+    await run_in_threadpool(service.find_job, layout, state, job_id, full=False)
 
     async def stream():
         nonlocal after

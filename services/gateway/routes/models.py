@@ -9,8 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from incept.serving import tfserving_json as tfs
-from services.gateway import serving
-from services.gateway.backends.inprocess import servable_versions
+from services.gateway import service, serving
 from services.gateway.deps import BackendDep, LayoutDep, ModelName, PredictAuthorized
 from services.gateway.errors import ApiError
 from services.gateway.images import check_instance_count
@@ -39,16 +38,7 @@ def _json(body: dict) -> Response:
 @router.get("", response_model=ModelList, tags=["models"])
 async def list_models(layout: LayoutDep, backend: BackendDep):
     """The gateway's own list (TF Serving has none): every model on disk and its versions."""
-    out = []
-    for name in serving.model_names(layout):
-        on_disk = servable_versions(layout.models / name)
-        try:
-            versions = [v.__dict__ for v in (await backend.model_status(name)).versions]
-        except ApiError:  # not loaded there, or TF Serving down: still list what is on disk
-            versions = []
-        out.append({"name": name, "versions_on_disk": on_disk, "versions": versions,
-                    "backend": backend.name})
-    return {"models": out}
+    return {"models": await service.list_models(layout, backend)}
 
 
 async def _status(backend, name: str, version: str | None, label: str | None) -> Response:

@@ -12,8 +12,9 @@ from evaluator_helpers import RunWriter, make_dataset, validation_images
 
 from incept.data.dataset import DatasetInfo
 from incept.evaluation.open_set import DEFAULT_SCORE
-from incept.export import list_versions, read_manifest
+from incept.export import read_manifest
 from incept.jobstate import JobState
+from incept.layout import list_versions
 from services.evaluator.evaluate import EvaluationFailed, evaluate_checkpoint
 
 

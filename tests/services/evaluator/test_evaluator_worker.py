@@ -26,8 +26,9 @@ from evaluator_helpers import (
 )
 from rq import Worker
 
-from incept.export import list_versions, read_manifest
+from incept.export import read_manifest
 from incept.jobstate import JobState
+from incept.layout import list_versions
 from incept.queues import (
     EVAL_QUEUE,
     enqueue_eval,

@@ -1,4 +1,4 @@
-"""``incept watch`` (incept.commands.client.watch) against the served gateway
+"""``incept watch`` (incept.console.watch) against the served gateway
 with a real Redis: it follows the event stream past the end of training until
 the last checkpoint's evaluation arrives and the gateway ends the stream."""
 
@@ -11,7 +11,7 @@ import time
 from rich.console import Console
 
 from incept.client import GatewayClient
-from incept.commands.client import watch
+from incept.console import watch
 from incept.fsutil import write_json_atomic
 from incept.jobstate import JobState
 from incept.queues import connect

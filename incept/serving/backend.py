@@ -1,31 +1,16 @@
-"""One interface for every prediction backend: TF Serving over gRPC or REST,
-or the SavedModel loaded in this process. Each returns the serving signature's
-batched outputs (see incept.export) and its metadata; the routes turn them into
-TF Serving's JSON or the gateway's own shape."""
+"""One interface for every prediction backend: TF Serving over gRPC or REST
+(``incept.serving.grpc``/``.rest``), or the gateway's in-process SavedModel.
+Each returns the serving signature's batched outputs (``incept.serving.outputs``)
+and its metadata; the gateway's routes turn them into TF Serving's JSON or the
+gateway's own shape."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-
-@dataclass
-class Prediction:
-    labels: list[str]
-    scores: list[float]
-    ood_score: float
-    is_unknown: bool
-
-
-@dataclass
-class PredictResult:
-    model: str
-    version: int
-    outputs: dict  # every output of the signature, batched (numpy arrays)
-
-    @property
-    def predictions(self) -> list[Prediction]:
-        return predictions_from_outputs(self.outputs, len(self.outputs["ood_score"]))
+from incept.errors import ApiError
+from incept.serving.outputs import PredictResult
 
 
 @dataclass
@@ -46,20 +31,6 @@ class VersionStatus:
 class ModelStatus:
     name: str
     versions: list[VersionStatus] = field(default_factory=list)
-
-
-def predictions_from_outputs(outputs: dict, count: int) -> list[Prediction]:
-    """Rows of the signature's batched outputs (numpy arrays or lists)."""
-    out = []
-    for i in range(count):
-        labels = [lb.decode() if isinstance(lb, bytes) else str(lb) for lb in outputs["labels"][i]]
-        out.append(Prediction(
-            labels=labels,
-            scores=[float(s) for s in outputs["scores"][i]],
-            ood_score=float(outputs["ood_score"][i]),
-            is_unknown=bool(outputs["is_unknown"][i]),
-        ))
-    return out
 
 
 class PredictionBackend(ABC):
@@ -88,8 +59,6 @@ class PredictionBackend(ABC):
 
     async def ready(self, models: list[str]) -> tuple[bool, str]:
         """Whether the backend answers and serves at least one of ``models``, and why not."""
-        from services.gateway.errors import ApiError
-
         if not models:
             return False, "no model exported yet"
         problems = []

@@ -3,27 +3,23 @@ one pooled ``httpx.AsyncClient``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
+from incept.serving.backend import ModelMetadata, ModelStatus, PredictionBackend, VersionStatus
+from incept.serving.errors import BackendUnavailable, BadImage, ModelNotFound
+from incept.serving.outputs import PredictResult
 from incept.serving.tfserving_json import outputs_from_json, predict_request
-from services.gateway.backends.base import (
-    ModelMetadata,
-    ModelStatus,
-    PredictionBackend,
-    PredictResult,
-    VersionStatus,
-)
-from services.gateway.errors import BackendUnavailable, BadImage, ModelNotFound
-from services.gateway.metrics import GatewayMetrics
 
 
 class RestBackend(PredictionBackend):
     name = "rest"
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0, metrics: GatewayMetrics | None = None):
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0, on_error: Callable[[str], None] | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        self.metrics = metrics
+        self.on_error = on_error  # called with the kind of each failed call (metrics)
         self.client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
@@ -37,8 +33,8 @@ class RestBackend(PredictionBackend):
             await self.client.aclose()
 
     def _failed(self, kind: str) -> None:
-        if self.metrics:
-            self.metrics.backend_errors.labels(backend=self.name, kind=kind).inc()
+        if self.on_error:
+            self.on_error(kind)
 
     async def _call(self, method: str, path: str, model: str, **kw) -> dict:
         try:

@@ -5,19 +5,14 @@ retried by gRPC itself (a retry policy in the channel's service config)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import grpc
 from grpc import aio
 
-from services.gateway.backends.base import (
-    ModelMetadata,
-    ModelStatus,
-    PredictionBackend,
-    PredictResult,
-    VersionStatus,
-)
-from services.gateway.errors import BackendUnavailable, BadImage, ModelNotFound
-from services.gateway.metrics import GatewayMetrics
+from incept.serving.backend import ModelMetadata, ModelStatus, PredictionBackend, VersionStatus
+from incept.serving.errors import BackendUnavailable, BadImage, ModelNotFound
+from incept.serving.outputs import PredictResult
 
 _SERVICE_CONFIG = json.dumps({
     "methodConfig": [{
@@ -40,10 +35,10 @@ _STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "
 class GrpcBackend(PredictionBackend):
     name = "grpc"
 
-    def __init__(self, target: str, *, timeout_s: float = 10.0, metrics: GatewayMetrics | None = None):
+    def __init__(self, target: str, *, timeout_s: float = 10.0, on_error: Callable[[str], None] | None = None):
         self.target = target
         self.timeout_s = timeout_s
-        self.metrics = metrics
+        self.on_error = on_error  # called with the kind of each failed call (metrics)
         self.channel: aio.Channel | None = None
 
     async def start(self) -> None:
@@ -67,8 +62,8 @@ class GrpcBackend(PredictionBackend):
 
     def _error(self, e: aio.AioRpcError, model: str) -> Exception:
         code = e.code()
-        if self.metrics:
-            self.metrics.backend_errors.labels(backend=self.name, kind=code.name).inc()
+        if self.on_error:
+            self.on_error(code.name)
         if code == grpc.StatusCode.NOT_FOUND:
             return ModelNotFound(f"unknown model {model!r}: {e.details()}")
         if code == grpc.StatusCode.INVALID_ARGUMENT:
