@@ -97,12 +97,13 @@ def listens(proc: Proc) -> dict[int, str]:
 
 def consumes(proc: Proc) -> set[str]:
     """The queues its worker listens on: the command module's own CONSUMES table."""
-    from incept.cli import COMMANDS
+    from incept.cli import all_commands
 
+    commands = all_commands()
     command = proc.command
-    if command not in COMMANDS:
+    if command not in commands:
         return set()
-    module = importlib.import_module(COMMANDS[command][0])
+    module = importlib.import_module(commands[command].module)
     return set(getattr(module, "CONSUMES", {}).get(command, ()))
 
 
