@@ -13,7 +13,9 @@ the order of the gateway's own per-request CPU (HTTP, JSON, base64), which on
 a small machine competes with the model for the same cores.
 
 Goals: gateway overhead at p50 (gateway c=1 p50 minus direct p50) <= 3 ms;
-throughput at concurrency 32 >= 0.9x the model's best batched throughput."""
+throughput at concurrency 32 >= 0.9x the model's best batched throughput;
+the Open Inference Protocol's infer (binary extension, as stock clients send
+it) at c=1 p50 <= 1.1x TF Serving's :predict on the same model and images."""
 
 from __future__ import annotations
 
@@ -120,10 +122,26 @@ class _Connection:
         self.writer.close()
 
 
-def http_requests(bodies: list[bytes]) -> list[bytes]:
-    return [(b"POST /v1/models/bench:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-             b"Content-Type: application/json\r\nContent-Length: " + str(len(b)).encode()
-             + b"\r\n\r\n" + b) for b in bodies]
+def http_requests(bodies: list[bytes], path: bytes = b"/v1/models/bench:predict",
+                  headers: list[bytes] | None = None) -> list[bytes]:
+    return [(b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             + b"".join(h + b"\r\n" for h in (headers[i] if headers else [b"Content-Type: application/json"]))
+             + b"Content-Length: " + str(len(b)).encode() + b"\r\n\r\n" + b)
+            for i, b in enumerate(bodies)]
+
+
+def v2_requests(images: list[bytes]) -> list[bytes]:
+    """Open Inference Protocol requests as stock clients send them: the image
+    through the binary tensor data extension, every output asked in binary."""
+    bodies, headers = [], []
+    for img in images:
+        header = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
+                                         "parameters": {"binary_data_size": len(img) + 4}}],
+                             "parameters": {"binary_data_output": True}}).encode()
+        bodies.append(header + len(img).to_bytes(4, "little") + img)
+        headers.append([b"Content-Type: application/octet-stream",
+                        b"Inference-Header-Content-Length: " + str(len(header)).encode()])
+    return http_requests(bodies, b"/v2/models/bench/infer", headers)
 
 
 async def load(port: int, requests_raw: list[bytes], concurrency: int,
@@ -198,6 +216,7 @@ def main() -> int:
         n_throughput = max(64, int(seconds * direct.throughput(32, 64)) // 32 * 32)
         bodies = [{"instances": [{"b64": base64.b64encode(img).decode()}]} for img in images]
         raw = http_requests([json.dumps(b).encode() for b in bodies])
+        raw_v2 = v2_requests(images)
         # The model's best batch size, chosen once; the gateway is configured with it
         # (INCEPT_BATCH_MAX_SIZE), as an operator tunes it for the model and hardware.
         table = {bs: direct.throughput(bs, n_throughput) for bs in (1, 4, 8, 16, 32)}
@@ -212,13 +231,19 @@ def main() -> int:
                 asyncio.run(load(port, raw, 8, 64))  # warm up every batch shape
                 # The machine is shared: direct and gateway runs alternate, round
                 # after round, and each goal uses the median of per-round results.
-                overheads, ratios = [], []
+                asyncio.run(load(port, raw_v2, 1, 16))
+                overheads, ratios, v2_ratios = [], [], []
                 for r in range(rounds):
                     # Each gateway run sits between two direct runs; the baseline is their mean.
                     d_before = direct.latency_p50(n_latency)
                     lat, _ = asyncio.run(load(port, raw, 1, n_latency))
                     d_after = direct.latency_p50(n_latency)
                     d_p50, g_p50 = (d_before + d_after) / 2, percentile(lat, 0.5)
+                    lat_v2, _ = asyncio.run(load(port, raw_v2, 1, n_latency))
+                    lat_again, _ = asyncio.run(load(port, raw, 1, n_latency))
+                    # v2 between two :predict runs; its baseline is their mean.
+                    v2_ratios.append(percentile(lat_v2, 0.5)
+                                     / ((g_p50 + percentile(lat_again, 0.5)) / 2))
                     t_before = direct.throughput(best_bs, n_throughput)
                     lat32, rps32 = asyncio.run(load(port, raw, 32, n_throughput))
                     t_after = direct.throughput(best_bs, n_throughput)
@@ -229,7 +254,8 @@ def main() -> int:
                           f"{g_p50 * 1000:.2f} ms (p99 {percentile(lat, 0.99) * 1000:.2f}); direct "
                           f"batch {best_bs} {best:.0f}/s, gateway c=32 {rps32:.0f}/s "
                           f"(p50 {percentile(lat32, 0.5) * 1000:.1f} ms, "
-                          f"p99 {percentile(lat32, 0.99) * 1000:.1f} ms)", flush=True)
+                          f"p99 {percentile(lat32, 0.99) * 1000:.1f} ms); v2 infer c=1 p50 "
+                          f"{percentile(lat_v2, 0.5) * 1000:.2f} ms", flush=True)
                 lat8, rps8 = asyncio.run(load(port, raw, 8, n_throughput))
                 report("gateway c=8 p50", percentile(lat8, 0.5) * 1000, "ms")
                 report("gateway c=8 p99", percentile(lat8, 0.99) * 1000, "ms")
@@ -243,6 +269,7 @@ def main() -> int:
     report("c=32 / best batched", ratio)
     goal("gateway_overhead_p50_ms", overhead_ms, "<=", 3)
     goal("c32_vs_best_batched", ratio, ">=", 0.9)
+    goal("v2_overhead_vs_predict", statistics.median(v2_ratios), "<=", 1.1)
     return 0
 
 

@@ -15,13 +15,14 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from incept.errors import ApiError, UserError
+from incept.jobstate import JobState
 from incept.queues import connect
 from incept.serving.backend import PredictionBackend
 from incept.settings import Settings
 from incept.spec import SpecError
 from services.gateway.images import PixelBudget
 from services.gateway.launchers.base import Launcher
-from services.gateway.metrics import GatewayMetrics
+from services.gateway.metrics import GatewayMetrics, PlatformCollector
 from services.gateway.routes import classify, datasets, health, jobs, models, page, schemas, v2
 from services.gateway.routes.page import STATIC_DIR
 
@@ -205,6 +206,7 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
     app.state.pixel_budget = PixelBudget(settings.max_inflight_pixels)
     app.state.redis = connect(settings.redis_url)
     app.state.backend = backend or make_backend(settings, metrics)
+    metrics.registry.register(PlatformCollector(JobState(app.state.redis), settings.layout))
     app.state.launcher_error = None
     try:
         app.state.launcher = launcher or make_launcher(settings, app.state.redis)

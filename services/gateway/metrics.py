@@ -28,3 +28,33 @@ class GatewayMetrics:
             predicted_images=Counter("incept_predicted_images_total", "Images classified",
                                      ["model"], registry=registry),
         )
+
+
+class PlatformCollector:
+    """Read at scrape time, for the dashboards: jobs by state (Redis's live job
+    state) and evaluations recorded (the eval results on the shared volume).
+    A scrape that cannot read them reports what it could."""
+
+    def __init__(self, jobstate, layout, max_jobs: int = 1000):
+        self.jobstate = jobstate
+        self.layout = layout
+        self.max_jobs = max_jobs
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        jobs = GaugeMetricFamily("incept_jobs", "Jobs by state", labels=["state"])
+        counts: dict[str, int] = {}
+        try:
+            for job_id in self.jobstate.list_ids(self.max_jobs):
+                state = (self.jobstate.get(job_id) or {}).get("state", "unknown")
+                counts[str(state)] = counts.get(str(state), 0) + 1
+        except Exception:  # Redis down: the scrape still answers
+            pass
+        for state, count in sorted(counts.items()):
+            jobs.add_metric([state], count)
+        yield jobs
+        evaluations = CounterMetricFamily("incept_evaluations", "Checkpoint evaluations recorded")
+        runs = self.layout.runs
+        evaluations.add_metric([], sum(1 for _ in runs.glob("*/eval/*.json")) if runs.is_dir() else 0)
+        yield evaluations
