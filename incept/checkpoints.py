@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -83,11 +85,11 @@ class WeightAverages(tf.Module):
             for name, var in variables.items()
         }
 
-    def effective_decay(self, num_updates):
+    def effective_decay(self, num_updates: int | tf.Tensor) -> tf.Tensor:
         n = tf.cast(num_updates, tf.float32)
         return tf.minimum(tf.constant(self.decay, tf.float32), (1.0 + n) / (10.0 + n))
 
-    def update(self, num_updates) -> None:
+    def update(self, num_updates: int | tf.Tensor) -> None:
         """Move every average towards its variable; ``num_updates`` = updates
         done before this one."""
         decay = self.effective_decay(num_updates)
@@ -101,7 +103,8 @@ class WeightAverages(tf.Module):
             self._sources[name].assign(tf.cast(avg, self._sources[name].dtype))
 
 
-def trainable_variables_by_name(model: keras.Model, trainable_scopes) -> dict[str, tf.Variable]:
+def trainable_variables_by_name(model: keras.Model,
+                                trainable_scopes: Sequence[str]) -> dict[str, tf.Variable]:
     """The variables that train under slim's ``--trainable_scopes`` (empty: all
     trainable ones), by slim name, in the model's order. Batch-norm moving
     statistics never count: they are updated, not trained."""
@@ -130,7 +133,7 @@ def build_model(spec: JobSpec, num_classes: int) -> keras.Model:
     return build(spec.model_name, num_classes, image_size=spec.resolved_image_size(), **kwargs)
 
 
-def make_checkpoint(model: keras.Model, *, optimizer=None, step: tf.Variable | None = None,
+def make_checkpoint(model: keras.Model, *, optimizer: Any = None, step: tf.Variable | None = None,
                     ema: WeightAverages | None = None) -> tf.train.Checkpoint:
     children = {"model": model}
     if optimizer is not None:

@@ -92,7 +92,7 @@ def build_archive(model: keras.Model, class_names: Sequence[str], *, image_size:
 
     size = int(image_size)
 
-    def serve(images):
+    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = decode_and_preprocess_batch_for_eval(images, size)
         return serving_outputs(model, pixels, class_names, ood)
 
@@ -106,7 +106,7 @@ def build_archive(model: keras.Model, class_names: Sequence[str], *, image_size:
 
 
 def export_model(model: keras.Model, class_names: Sequence[str], model_base: Path, *,
-                 image_size: int, ood: Any = None, manifest: dict | None = None,
+                 image_size: int, ood: Any = None, manifest: dict[str, Any] | None = None,
                  version: int | None = None, keep: int | None = None) -> ExportResult:
     """Write a new version of the SavedModel under ``model_base`` atomically.
 
@@ -145,9 +145,10 @@ def export_model(model: keras.Model, class_names: Sequence[str], model_base: Pat
     return ExportResult(chosen, path)
 
 
-def _rename_to_version(tmp: Path, model_base: Path, info: dict, version: int | None) -> int:
+def _rename_to_version(tmp: Path, model_base: Path, info: dict[str, Any],
+                       version: int | None) -> int:
     fixed = version is not None
-    candidate = int(version) if fixed else max(list_versions(model_base), default=0) + 1
+    candidate = version if version is not None else max(list_versions(model_base), default=0) + 1
     if candidate < 1:
         raise ValueError(f"versions are positive integers, got {candidate}")
     while True:
@@ -188,5 +189,6 @@ def prune_versions(model_base: Path, keep: int, protect: int | None = None) -> l
     return doomed
 
 
-def read_manifest(version_dir: Path) -> dict:
-    return json.loads((Path(version_dir) / MANIFEST).read_text())
+def read_manifest(version_dir: Path) -> dict[str, Any]:
+    manifest: dict[str, Any] = json.loads((Path(version_dir) / MANIFEST).read_text())
+    return manifest

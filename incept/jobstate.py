@@ -41,8 +41,12 @@ def _encode(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _decode(value: bytes) -> Any:
-    text = value.decode() if isinstance(value, bytes) else value
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode(value: bytes | str) -> Any:
+    text = _text(value)
     try:
         return json.loads(text)
     except (json.JSONDecodeError, TypeError):
@@ -68,29 +72,28 @@ class JobState:
         self.conn.hset(_job_key(job_id), mapping={k: _encode(v) for k, v in fields.items()})
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = self.conn.hgetall(_job_key(job_id))
+        raw: Any = self.conn.hgetall(_job_key(job_id))
         if not raw:
             return None
-        return {k.decode(): _decode(v) for k, v in raw.items()}
+        return {_text(k): _decode(v) for k, v in raw.items()}
 
     def list_ids(self, limit: int = 1000) -> list[str]:
-        return [j.decode() for j in self.conn.zrevrange(JOBS_INDEX, 0, limit - 1)]
+        ids: Any = self.conn.zrevrange(JOBS_INDEX, 0, limit - 1)
+        return [_text(j) for j in ids]
 
     def emit(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
         """Append an event to the job's stream; returns its stream id."""
-        eid = self.conn.xadd(_events_key(job_id), {"type": kind, "data": json.dumps(data)},
+        eid: Any = self.conn.xadd(_events_key(job_id), {"type": kind, "data": json.dumps(data)},
                              maxlen=STREAM_MAXLEN, approximate=True)
-        return eid.decode() if isinstance(eid, bytes) else eid
+        return _text(eid)
 
     def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None,
                count: int = 100) -> list[tuple[str, str, dict[str, Any]]]:
         """Events after stream id ``after``: (id, type, data). Blocks up to ``block_ms``."""
-        resp = self.conn.xread({_events_key(job_id): after}, count=count, block=block_ms)
-        out = []
-        for _key, entries in resp or []:
-            for eid, fields in entries:
-                out.append((eid.decode(), fields[b"type"].decode(), json.loads(fields[b"data"])))
-        return out
+        resp: Any = self.conn.xread({_events_key(job_id): after}, count=count,
+                                    block=block_ms)
+        return [(_text(eid), _text(fields[b"type"]), json.loads(fields[b"data"]))
+                for _key, entries in resp or [] for eid, fields in entries]
 
     def set_state(self, job_id: str, state: str, **fields: Any) -> None:
         if state not in STATES:
@@ -122,7 +125,7 @@ def record_once(conn: redis.Redis, job_id: str, marker: str,
                 pipe.watch(marks, job_key)
                 if pipe.sismember(marks, marker):
                     return False
-                current = {k.decode(): _decode(v) for k, v in pipe.hgetall(job_key).items()}
+                current = {_text(k): _decode(v) for k, v in pipe.hgetall(job_key).items()}
                 fields = {**fields_from(current), "updated_at": time.time()}
                 pipe.multi()
                 pipe.sadd(marks, marker)
@@ -138,4 +141,4 @@ def record_once(conn: redis.Redis, job_id: str, marker: str,
 
 def recorded_markers(conn: redis.Redis, job_id: str) -> set[str]:
     """The markers ``record_once`` has written for the job."""
-    return {m.decode() for m in conn.smembers(_recorded_key(job_id))}
+    return {_text(m) for m in conn.smembers(_recorded_key(job_id))}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -104,6 +104,7 @@ class JobSpec(BaseModel):
         """Optimizer steps of the whole job over ``num_train`` training images."""
         if self.max_steps is not None:
             return self.max_steps
+        assert self.epochs is not None  # the validator requires max_steps or epochs
         return max(1, -(-int(self.epochs * num_train) // self.batch_size))
 
     def dataset_dir(self, layout: Layout) -> Path:
@@ -115,13 +116,13 @@ class JobSpec(BaseModel):
         return layout.resolve_inside(path)
 
 
-def _cross_field_problems(values: dict) -> list[str]:
+def _cross_field_problems(values: dict[str, Any]) -> list[str]:
     """Checks across fields. Also run on the raw input when some field is
     invalid (pydantic then skips the model validator), so every problem is listed."""
     from incept.nets import net_info
 
     problems: list[str] = []
-    model_name = values.get("model_name")
+    model_name: Any = values.get("model_name")  # raw input: not yet known to be a str
     try:
         info = net_info(model_name)
     except (ValueError, TypeError) as e:
@@ -159,7 +160,7 @@ def _batch_problems(batch_size: object, size: object) -> list[str]:
 
 
 def _problems(err: ValidationError) -> list[str]:
-    out = []
+    out: list[str] = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
@@ -167,7 +168,7 @@ def _problems(err: ValidationError) -> list[str]:
     return out
 
 
-def parse_spec(data: dict) -> JobSpec:
+def parse_spec(data: dict[str, Any]) -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as e:

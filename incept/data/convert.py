@@ -260,7 +260,8 @@ def _write_dataset(source: _Source, split: dict[str, list[tuple[str, int]]], tmp
     shard_files: dict[str, list[str]] = {}
     # The cgroup's CPU quota, not the host's cores (os.cpu_count() in a container).
     workers = workers or resource_limits().threads
-    thumbnailed, samples = _thumbnailed(split), {n: [] for n in source.class_names}
+    thumbnailed = _thumbnailed(split)
+    samples: dict[str, list[str]] = {n: [] for n in source.class_names}
     (tmp / DATASET_THUMBNAILS).mkdir()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="convert") as pool:
         for split_name in SPLITS:
@@ -285,7 +286,7 @@ def _write_dataset(source: _Source, split: dict[str, list[tuple[str, int]]], tmp
                         else:
                             if image.converted:
                                 converted.append((rel, image.converted))
-                            writer.write(_example(image, label, rel))
+                            writer.write(_example(image, image.encoded, label, rel))
                             per_class[split_name][source.class_names[label]] += 1
                             _keep_thumbnail(tmp, image, rel, samples[source.class_names[label]])
                         done += 1
@@ -349,7 +350,7 @@ def _num_shards(source: _Source, items: list[tuple[str, int]], shards: int | Non
     return max(1, min(len(items), math.ceil(size / TARGET_SHARD_BYTES)))
 
 
-def _example(image: SourceImage, label: int, rel: str) -> bytes:
+def _example(image: SourceImage, encoded: bytes, label: int, rel: str) -> bytes:
     import tensorflow as tf
 
     def b(v: bytes):
@@ -359,7 +360,7 @@ def _example(image: SourceImage, label: int, rel: str) -> bytes:
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))
 
     return tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": b(image.encoded),
+        "image/encoded": b(encoded),
         "image/format": b(image.format.encode()),
         "image/class/label": i(label),
         "image/height": i(image.height),

@@ -64,7 +64,8 @@ def forward_fn(model: keras.Model, image_size: int):
 def run_split(model: keras.Model, dataset_dir: Path, split: str, *, image_size: int,
               batch_size: int = 32, forward=None) -> SplitOutputs:
     forward = forward or forward_fn(model, image_size)
-    logits, pre_logits, labels, filenames = [], [], [], []
+    logits, pre_logits, labels = [], [], []
+    filenames: list[str] = []
     for pixels, label, filename in eval_dataset(dataset_dir, split, image_size, batch_size):
         lg, pl = forward(pixels)
         logits.append(lg.numpy().astype(np.float32))

@@ -21,7 +21,7 @@ run them alone on cached features with the very same variables.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import keras
@@ -92,7 +92,7 @@ def slim_variables(model: keras.Model, scope: str | None = None) -> dict[str, ke
     return out
 
 
-def variables_under(model: keras.Model, scopes: tuple[str, ...] | list[str]) -> dict[str, keras.Variable]:
+def variables_under(model: keras.Model, scopes: Sequence[str]) -> dict[str, keras.Variable]:
     """slim's scope filter: the variables whose slim name starts with one of ``scopes``."""
     prefixes = tuple(s.rstrip("/") for s in scopes)
     return {

@@ -3,6 +3,8 @@ naming convention as Inception v4, a few thousand parameters."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import keras
 from keras import layers
 
@@ -17,13 +19,13 @@ def tiny_net(num_classes: int, image_size: int = 32, *, aux_logits: bool = True,
     # slim's BatchNorm decay (0.9997) needs thousands of steps before the moving
     # statistics fit; the tiny net trains for dozens, so its averages move faster.
     wd = {"weight_decay": weight_decay}
-    conv = {"weight_decay": weight_decay, "batch_norm_momentum": 0.9}
+    conv = partial(conv2d_bn, weight_decay=weight_decay, batch_norm_momentum=0.9)
     inputs = keras.Input((image_size, image_size, 3), name="images")
-    x = conv2d_bn(inputs, 8, 3, strides=2, name="Conv2d_1a_3x3", **conv)
-    x = conv2d_bn(x, 16, 3, name="Conv2d_2a_3x3", **conv)
+    x = conv(inputs, 8, 3, strides=2, name="Conv2d_1a_3x3")
+    x = conv(x, 16, 3, name="Conv2d_2a_3x3")
     x = layers.MaxPooling2D(3, strides=2, padding="same", name="MaxPool_3a_3x3")(x)
-    mid = conv2d_bn(x, 24, 3, name="Conv2d_4a_3x3", **conv)
-    x = conv2d_bn(mid, 32, 3, strides=2, name="Conv2d_5a_3x3", **conv)
+    mid = conv(x, 24, 3, name="Conv2d_4a_3x3")
+    x = conv(mid, 32, 3, strides=2, name="Conv2d_5a_3x3")
 
     pre_logits = layers.GlobalAveragePooling2D(name="Logits.AvgPool")(x)
     dropped = layers.Dropout(1.0 - dropout_keep_prob, name="Logits.Dropout")(pre_logits)
@@ -33,7 +35,7 @@ def tiny_net(num_classes: int, image_size: int = 32, *, aux_logits: bool = True,
     }
     if aux_logits:
         aux = layers.AveragePooling2D(2, strides=2, padding="valid", name="AuxLogits.AvgPool")(mid)
-        aux = conv2d_bn(aux, 16, 1, name="AuxLogits.Conv2d_1b_1x1", **conv)
+        aux = conv(aux, 16, 1, name="AuxLogits.Conv2d_1b_1x1")
         aux = layers.GlobalAveragePooling2D(name="AuxLogits.Pool")(aux)
         outputs["aux_pre_logits"] = aux
         outputs["aux_logits"] = logits_dense(aux, num_classes, name="AuxLogits.Aux_logits", **wd)

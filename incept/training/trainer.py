@@ -310,7 +310,8 @@ def _train(job: _Job, strategy: tf.distribute.Strategy, reporter: Reporter, link
                      chief=chief, step=step, max_steps=job.max_steps, num_train=job.num_train,
                      last_saved=resumed_from, progress_interval_s=progress_interval_s)
     steady = loop.run()
-    result_state = {"preempted": "preempted", "cancelled": "cancelled"}.get(stop.reason, "succeeded")
+    result_state = {"preempted": "preempted", "cancelled": "cancelled"}.get(stop.reason or "",
+                                                                          "succeeded")
     log.info(json.dumps({"event": "done", "job_id": job.run.job_id, "state": result_state,
                          "step": loop.step, "worker": distribute.worker_index(strategy),
                          "weights_sha256": weights_digest(state.var_list)}))
