@@ -10,7 +10,7 @@ import httpx
 from incept.serving.backend import ModelMetadata, ModelStatus, PredictionBackend, VersionStatus
 from incept.serving.errors import BackendUnavailable, BadImage, ModelNotFound
 from incept.serving.outputs import PredictResult
-from incept.serving.tfserving_json import outputs_from_json, predict_request
+from incept.serving.tfserving_json import output_types, outputs_from_json, predict_request
 
 
 class RestBackend(PredictionBackend):
@@ -21,6 +21,7 @@ class RestBackend(PredictionBackend):
         self.timeout_s = timeout_s
         self.on_error = on_error  # called with the kind of each failed call (metrics)
         self.client: httpx.AsyncClient | None = None
+        self._types: dict[tuple[str, int], dict] = {}  # (model, version) -> output types
 
     async def start(self) -> None:
         self.client = httpx.AsyncClient(
@@ -64,14 +65,21 @@ class RestBackend(PredictionBackend):
         # The columnar form: TF Serving answers with each output batched.
         body = await self._call("POST", f"{_path(model, version)}:predict", model,
                                 json=predict_request(images))
+        # TF Serving's REST predict does not say which version answered: ask.
+        served = version if version is not None else await self._available_version(model)
         try:
-            outputs = outputs_from_json(body)
+            outputs = outputs_from_json(body, await self._output_types(model, served))
         except ValueError as e:
             self._failed("BAD_ANSWER")
             raise BackendUnavailable(f"TF Serving answered without outputs: {e}") from None
-        # TF Serving's REST predict does not say which version answered: ask.
-        served = version if version is not None else await self._available_version(model)
         return PredictResult(model=model, version=served, outputs=outputs)
+
+    async def _output_types(self, model: str, version: int) -> dict:
+        """The signature's output types, read once per served version."""
+        if (model, version) not in self._types:
+            meta = await self.metadata(model, version if version >= 0 else None)
+            self._types[(model, version)] = output_types(meta.signature_def)
+        return self._types[(model, version)]
 
     async def metadata(self, model: str, version: int | None = None) -> ModelMetadata:
         body = await self._call("GET", f"{_path(model, version)}/metadata", model)

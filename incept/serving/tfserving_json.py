@@ -138,12 +138,27 @@ def predict_response(outputs: dict[str, np.ndarray], columnar: bool) -> dict:
                             for i in range(count)]}
 
 
-def outputs_from_json(answer: dict) -> dict[str, np.ndarray]:
-    """The batched outputs of a columnar answer (what the REST clients read)."""
+# The numpy type each TF dtype of a signature reads back into from JSON.
+_NUMPY_TYPES = {"DT_FLOAT": np.float32, "DT_DOUBLE": np.float64, "DT_HALF": np.float16,
+                "DT_INT32": np.int32, "DT_INT64": np.int64, "DT_INT16": np.int16,
+                "DT_INT8": np.int8, "DT_UINT8": np.uint8, "DT_BOOL": np.bool_}
+
+
+def output_types(signature_defs: dict, signature: str = SIGNATURE) -> dict[str, Any]:
+    """Each output's numpy type, from a metadata answer's SignatureDefMap (JSON
+    numbers carry no precision: a float32 output would read back as float64)."""
+    outputs = signature_defs.get("signature_def", {}).get(signature, {}).get("outputs", {})
+    return {name: _NUMPY_TYPES.get(info.get("dtype"), object) for name, info in outputs.items()}
+
+
+def outputs_from_json(answer: dict, types: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """The batched outputs of a columnar answer (what the REST clients read),
+    each of its signature's type when ``types`` says."""
     outputs = answer.get("outputs")
     if not isinstance(outputs, dict):
         raise RequestError("the answer has no 'outputs' object")
-    return {name: np.asarray(value) for name, value in outputs.items()}
+    types = types or {}
+    return {name: np.asarray(value, dtype=types.get(name)) for name, value in outputs.items()}
 
 
 def dumps(body: Any) -> bytes:

@@ -167,3 +167,29 @@ def test_same_auth_on_v2(make_gateway, images):
     assert client.get_model_metadata("flowers", headers={"authorization": f"Bearer {TOKEN}"}).name \
         == "flowers"
     client.close()
+
+
+@pytest.mark.parametrize("backend", ["grpc", "rest"])
+def test_v2_in_front_of_tf_serving_answers_as_in_process(make_gateway, exported_models, images,
+                                                         backend):
+    import tritonclient.http as triton
+
+    from tests.fakes.tfserving import FakeTFServing
+
+    server = FakeTFServing(exported_models).start()
+    try:
+        reference = make_gateway()
+        gw = make_gateway(predict_backend=backend, tfserving_grpc=server.grpc_target,
+                          tfserving_rest=server.rest_url)
+        client = triton.InferenceServerClient(gw.url.removeprefix("http://"))
+        meta = client.get_model_metadata("flowers")
+        assert {o["name"]: o["datatype"] for o in meta["outputs"]} == OUTPUTS
+        result = client.infer("flowers", [_triton_input(triton, images)])
+        # Every output in the signature's datatype, whatever the backend's wire form.
+        assert {o["name"]: o["datatype"] for o in result.get_response()["outputs"]} == OUTPUTS
+        labels = [[lb.decode() for lb in row] for row in result.as_numpy("labels")]
+        assert labels == _predict_labels(reference.url, images)
+        assert result.get_response()["model_version"] == "1"
+        client.close()
+    finally:
+        server.stop()
