@@ -167,7 +167,9 @@ def test_env_example_and_interpolations_agree(compose):
 def test_addresses_and_ports_point_at_real_services(compose):
     services = compose["services"]
     gateway_env = services["gateway"]["environment"]
-    assert gateway_env["INCEPT_REDIS_URL"] == "redis://redis:6379/0"
+    password = env_example()["REDIS_PASSWORD"]
+    assert interpolate(gateway_env["INCEPT_REDIS_URL"], env_example()) == (
+        f"redis://:{password}@redis:6379/0")
     grpc_host, grpc_port = gateway_env["INCEPT_TFSERVING_GRPC"].split(":")
     assert grpc_host in services and f"--port={grpc_port}" in services[grpc_host]["command"]
     assert gateway_env["INCEPT_TFSERVING_REST"] == "http://tfserving:8501"

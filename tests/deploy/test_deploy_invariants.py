@@ -179,7 +179,8 @@ def test_multinode_template_gives_the_trainer_its_cluster(rendered, templates):
         labels = pod["metadata"]["labels"]
         assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
         job_name = job["metadata"]["name"]
-        env = {"JOB_NAME": job_name}  # what the job-name label's fieldRef resolves to
+        # What the job-name label's fieldRef and the Redis Secret resolve to.
+        env = {"JOB_NAME": job_name, "REDIS_PASSWORD": "0123abcd"}
         container_env = pod["spec"]["containers"][0]["env"]
         assert next(e for e in container_env if e["name"] == "JOB_NAME")["valueFrom"]["fieldRef"][
             "fieldPath"] == "metadata.labels['batch.kubernetes.io/job-name']"
@@ -277,7 +278,10 @@ def test_gateway_finds_its_template_tokens_and_backends(rendered):
         for cm in objects(rendered, overlay, "ConfigMap").values():
             assert not any(re.search(r"(?i)token|password|secret", k) for k in cm["data"])
         assert env["INCEPT_LAUNCHER"]["value"] == "kubernetes"
-        assert env["INCEPT_REDIS_URL"]["value"] == "redis://redis:6379/0"
+        # Redis's password: from the Secret incept-redis, expanded into the URL.
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": "incept-redis", "key": "password"}
+        assert env["INCEPT_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis:6379/0"
         assert env["INCEPT_TFSERVING_GRPC"]["value"] == "tfserving:8500"
         services = objects(rendered, overlay, "Service")
         assert {p["port"] for p in services["tfserving"]["spec"]["ports"]} == {8500, 8501}

@@ -53,7 +53,29 @@ def build_job(template: dict, job_id: str, *, image: str | None = None) -> dict:
     trainer["args"] = ["train", "--job-id", job_id]
     if image:
         trainer["image"] = image
+    _pin_image_and_bounds(job, trainer["image"])
     return job
+
+
+# A trainer Job's lifetime when the template names none (the admission policy in
+# k8s/cluster refuses a Job without them).
+ACTIVE_DEADLINE_S = 7 * 24 * 3600
+TTL_AFTER_FINISHED_S = 24 * 3600
+
+
+def _pin_image_and_bounds(job: dict, image: str) -> None:
+    """Every container of the pod runs the trainer image (the template cannot
+    smuggle in another one), and the Job ends and is cleaned up in bounded time."""
+    pod = job["spec"]["template"]["spec"]
+    for group in ("initContainers", "containers"):
+        for container in pod.get(group) or []:
+            if container.get("image") != image:
+                raise UserError(f"the trainer template's container {container.get('name')!r} "
+                                f"runs {container.get('image')!r}, not the trainer image {image!r}")
+    spec = job["spec"]
+    spec["activeDeadlineSeconds"] = min(int(spec.get("activeDeadlineSeconds") or ACTIVE_DEADLINE_S),
+                                        ACTIVE_DEADLINE_S)
+    spec.setdefault("ttlSecondsAfterFinished", TTL_AFTER_FINISHED_S)
 
 
 class KubernetesLauncher(Launcher):
