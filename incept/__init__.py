@@ -6,4 +6,10 @@ TFRecord reading), ``preprocessing``, ``layout`` (paths on the shared volume),
 ``spec`` (the job spec), ``settings`` (one configuration class), ``jobstate`` and
 ``queues`` (what lives in Redis)."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    # One home for the version: pyproject.toml, read back from the installed metadata.
+    __version__ = version("incept")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
+from incept import __version__
 from incept.errors import UserError
 
 ENTRY_POINT_GROUP = "incept.commands"
@@ -55,6 +56,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         description="Fine-tune Inception v4 on labelled photos, evaluate every checkpoint, serve the best.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"incept {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands = all_commands()
     chosen = next((a for a in argv if not a.startswith("-")), None)

@@ -40,6 +40,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from incept import __version__
 from incept.fsutil import fsync_dir, fsync_tree
 from incept.layout import list_versions
 
@@ -154,7 +155,8 @@ def _rename_to_version(tmp: Path, model_base: Path, info: dict[str, Any],
     while True:
         # The manifest names its own version, so it is (re)written per attempt.
         manifest_path = tmp / MANIFEST
-        manifest_path.write_text(json.dumps({**info, "version": candidate}, indent=2,
+        manifest_path.write_text(json.dumps({**info, "version": candidate,
+                                             "incept_version": __version__}, indent=2,
                                             sort_keys=True) + "\n")
         with open(manifest_path, "rb") as f:
             os.fsync(f.fileno())

@@ -149,6 +149,7 @@ class ModelList(BaseModel):
 
 class Health(BaseModel):
     status: str
+    version: str | None = Field(None, description="incept's version (on /healthz)")
     checks: dict[str, str] = Field(default_factory=dict)
 
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+import incept
 from incept import nets
 from incept.evaluation.open_set import DEFAULT_SCORE, OpenSetScore
 from incept.export import export_model, read_manifest
@@ -80,6 +81,7 @@ def test_signature_names_dtypes_shapes(model, tmp_path):
     manifest = read_manifest(result.path)
     assert manifest["version"] == 1 and manifest["job_id"] == "j1" and manifest["step"] == 7
     assert manifest["class_names"] == CLASSES and manifest["image_size"] == SIZE
+    assert manifest["incept_version"] == incept.__version__
 
 
 def test_exported_probabilities_equal_in_process(model, tmp_path):

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from incept import __version__
 from services.gateway.deps import BackendDep, LayoutDep, RedisDep
 from services.gateway.schemas import Health
 
@@ -15,7 +16,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/healthz", response_model=Health)
 def healthz():
-    return {"status": "ok"}
+    return {"status": "ok", "version": __version__}
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from incept import __version__
 from incept.fsutil import write_json_atomic
 from incept.jobstate import JobState
 from incept.layout import NAME_RE
@@ -387,7 +388,7 @@ def test_dataset_upload_bad_input(make_gateway, auth, layout):
 def test_health(client, make_gateway, layout):
     import httpx
 
-    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}, "version": __version__}
     r = client.get("/readyz")
     assert r.status_code == 200, r.text
     assert r.json()["checks"]["redis"] == "ok"
