@@ -84,12 +84,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(self, request, context):
         return service_pb2.ServerLiveResponse(live=True)
 
-    async def ServerReady(self, request, context):
-        ready = await self._call(context, lambda: inference.server_ready(self.state))
-        return service_pb2.ServerReadyResponse(ready=ready)
+    async def ServerReady(self, request, context):  # public, as health is over REST
+        return service_pb2.ServerReadyResponse(ready=await inference.server_ready(self.state))
 
     async def ServerMetadata(self, request, context):
-        return service_pb2.ServerMetadataResponse(**inference.server_metadata())
+        async def run():
+            return inference.server_metadata()
+
+        return service_pb2.ServerMetadataResponse(**await self._call(context, run))
 
     async def ModelReady(self, request, context):
         async def run():

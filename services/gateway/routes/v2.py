@@ -21,9 +21,12 @@ from services.gateway.schemas import (
     OipServerMetadata,
 )
 
-router = APIRouter(prefix="/v2", tags=["Open Inference Protocol (v2)"],
-                   dependencies=PredictAuthorized,
-                   responses={401: {"model": OipError}, 503: {"model": OipError}})
+# Health is public, as /healthz and /readyz are (probes carry no token); the rest
+# needs the token when prediction is protected.
+public = APIRouter(prefix="/v2", responses={503: {"model": OipError}})
+protected = APIRouter(prefix="/v2", dependencies=PredictAuthorized,
+                      responses={401: {"model": OipError}, 503: {"model": OipError}})
+
 
 _ERRORS = {400: {"model": OipError}, 404: {"model": OipError}}
 _INFER_BODY = {"requestBody": {"required": True, "content": {
@@ -40,43 +43,43 @@ def _boolean(ok: bool, key: str) -> JSONResponse:
     return JSONResponse({key: ok}, status_code=200 if ok else 400)
 
 
-@router.get("", response_model=OipServerMetadata)
+@protected.get("", response_model=OipServerMetadata)
 async def server_metadata():
     return inference.server_metadata()
 
 
-@router.get("/health/live", response_model=OipLive)
+@public.get("/health/live", response_model=OipLive)
 async def live():
     return {"live": True}
 
 
-@router.get("/health/ready", response_model=OipReady, responses=_NOT_READY)
+@public.get("/health/ready", response_model=OipReady, responses=_NOT_READY)
 async def ready(request: Request):
     return _boolean(await inference.server_ready(request.app.state), "ready")
 
 
-@router.post("/repository/index", response_model=list[OipRepositoryModel])
+@protected.post("/repository/index", response_model=list[OipRepositoryModel])
 async def repository_index(request: Request):
     return await inference.repository_index(request.app.state)
 
 
-@router.get("/models/{name}", response_model=OipModelMetadata, responses=_ERRORS)
+@protected.get("/models/{name}", response_model=OipModelMetadata, responses=_ERRORS)
 async def model_metadata(name: ModelName, request: Request):
     return await inference.model_metadata(request.app.state, name, None)
 
 
-@router.get("/models/{name}/versions/{version}", response_model=OipModelMetadata,
+@protected.get("/models/{name}/versions/{version}", response_model=OipModelMetadata,
             responses=_ERRORS)
 async def version_metadata(name: ModelName, version: str, request: Request):
     return await inference.model_metadata(request.app.state, name, version)
 
 
-@router.get("/models/{name}/ready", response_model=OipReady, responses=_MODEL_NOT_READY)
+@protected.get("/models/{name}/ready", response_model=OipReady, responses=_MODEL_NOT_READY)
 async def model_ready(name: ModelName, request: Request):
     return _boolean(await inference.model_ready(request.app.state, name, None), "ready")
 
 
-@router.get("/models/{name}/versions/{version}/ready", response_model=OipReady,
+@protected.get("/models/{name}/versions/{version}/ready", response_model=OipReady,
             responses=_MODEL_NOT_READY)
 async def version_ready(name: ModelName, version: str, request: Request):
     return _boolean(await inference.model_ready(request.app.state, name, version), "ready")
@@ -94,13 +97,18 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
                     headers={oip.HEADER_LENGTH: str(len(json_header))})
 
 
-@router.post("/models/{name}/infer", response_model=OipInferResponse,
+@protected.post("/models/{name}/infer", response_model=OipInferResponse,
              responses={**_ERRORS, 413: {"model": OipError}}, openapi_extra=_INFER_BODY)
 async def infer(name: ModelName, request: Request):
     return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", response_model=OipInferResponse,
+@protected.post("/models/{name}/versions/{version}/infer", response_model=OipInferResponse,
              responses={**_ERRORS, 413: {"model": OipError}}, openapi_extra=_INFER_BODY)
 async def version_infer(name: ModelName, version: str, request: Request):
     return await _infer(request, name, version)
+
+
+router = APIRouter(tags=["Open Inference Protocol (v2)"])
+router.include_router(public)
+router.include_router(protected)

@@ -153,7 +153,12 @@ def test_same_auth_on_v2(make_gateway, images):
     body = {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
                         "data": [base64.b64encode(images[0]).decode()]}]}
     with httpx.Client(base_url=gw.url, timeout=60) as c:
-        for method, path in (("GET", "/v2/models/flowers"), ("POST", "/v2/models/flowers/infer")):
+        # Health is public (probes carry no token), as /healthz and /readyz are.
+        assert c.get("/v2/health/live").status_code == 200
+        assert c.get("/v2/health/ready").status_code == 200
+        for method, path in (("GET", "/v2"), ("GET", "/v2/models/flowers"),
+                             ("GET", "/v2/models/flowers/ready"), ("POST", "/v2/repository/index"),
+                             ("POST", "/v2/models/flowers/infer")):
             r = c.request(method, path, json=body if method == "POST" else None)
             assert r.status_code == 401 and list(r.json()) == ["error"], r.text
         r = c.post("/v2/models/flowers/infer", json=body, headers={"Authorization": f"Bearer {TOKEN}"})
@@ -162,6 +167,7 @@ def test_same_auth_on_v2(make_gateway, images):
     from tritonclient.utils import InferenceServerException
 
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    assert client.is_server_live() and client.is_server_ready()
     with pytest.raises(InferenceServerException, match="token"):
         client.get_model_metadata("flowers")
     assert client.get_model_metadata("flowers", headers={"authorization": f"Bearer {TOKEN}"}).name \
