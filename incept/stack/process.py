@@ -47,6 +47,10 @@ class Child:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode if self.process else None
+
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -66,7 +70,7 @@ class Child:
         """SIGTERM to the main process only, as Kubernetes does: the trainer
         worker forwards it to its work horse, which writes a checkpoint and
         queues a resume request; rq workers shut down warm; uvicorn drains."""
-        if not self.running():
+        if self.process is None or self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             self.process.send_signal(signal.SIGTERM)

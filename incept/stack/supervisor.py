@@ -128,7 +128,7 @@ class Stack:
 
     def _refuse_if_running(self) -> None:
         state = read_state(self.data_root)
-        if supervisor_alive(state) and state.get("supervisor_pid") != os.getpid():
+        if state and supervisor_alive(state) and state.get("supervisor_pid") != os.getpid():
             raise StackError(
                 f"a stack is already running for {self.data_root} at {state.get('url')} "
                 f"(pid {state.get('supervisor_pid')}); stop it with "
@@ -195,13 +195,13 @@ class Stack:
         """Stop one service the way ``stop`` does; returns its exit code."""
         child = self.children.get(name)
         if child is None or not child.running():
-            return child.process.returncode if child and child.process else None
+            return child.returncode if child else None
         child.terminate()
         code = child.wait(STOP_TIMEOUT_S[name] if timeout_s is None else timeout_s)
         if code is None:
             log.warning("%s did not stop in time; killing it", name)
             child.kill_group()
-            code = child.process.returncode
+            code = child.returncode
         return code
 
     def kill_service(self, name: str) -> None:
@@ -254,7 +254,7 @@ class Stack:
             for name in sorted(pending):
                 child = self.children[name]
                 if not child.running():
-                    raise StackError(f"{name} exited with code {child.process.returncode} while "
+                    raise StackError(f"{name} exited with code {child.returncode} while "
                                      f"starting; its log ({child.log_path}) ends with:\n{child.tail()}")
                 if self.service_healthy(name):
                     log.info("%s is ready", name)
@@ -355,7 +355,7 @@ class Stack:
         and their grace period first, so no two trainers ever run the same job.
         False once the stack is stopping."""
         log.warning("%s exited with code %s; restarting it (log: %s)", name,
-                    child.process.returncode, child.log_path)
+                    child.returncode, child.log_path)
         end_group(child.pid, STOP_TIMEOUT_S[name])
         stop_event.wait(min(30.0, 2.0 ** child.restarts))
         if stop_event.is_set() or self._stopping:
