@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ import keras
 import tensorflow as tf
 
 from incept import __version__
-from incept.fsutil import fsync_dir, fsync_tree
+from incept.fsutil import atomic_directory, fsync_dir
 from incept.layout import list_versions
 
 log = logging.getLogger(__name__)
@@ -106,6 +105,22 @@ def build_archive(model: keras.Model, class_names: Sequence[str], *, image_size:
     return archive
 
 
+MANIFEST_METRICS = ("accuracy", "recall_at_5", "loss", "ece", "num_images")
+
+
+def build_manifest(model_name: str, job_id: str, step: int, spec, *, ema: bool,
+                   dataset_fingerprint: str | None = None, metrics: dict | None = None,
+                   ood_calibration: dict | None = None) -> dict:
+    """What a version's manifest says of where it came from (the evaluator's
+    exports and ``incept export`` alike); ``export_model`` adds the serving facts."""
+    manifest = {"model_name": model_name, "job_id": job_id, "step": int(step),
+                "net": spec.model_name, "dataset": spec.dataset, "ema": ema}
+    if metrics is not None:
+        manifest.update(dataset_fingerprint=dataset_fingerprint, ood_calibration=ood_calibration,
+                        metrics={k: metrics[k] for k in MANIFEST_METRICS})
+    return manifest
+
+
 def export_model(model: keras.Model, class_names: Sequence[str], model_base: Path, *,
                  image_size: int, ood: Any = None, manifest: dict[str, Any] | None = None,
                  version: int | None = None, keep: int | None = None) -> ExportResult:
@@ -119,26 +134,24 @@ def export_model(model: keras.Model, class_names: Sequence[str], model_base: Pat
     if not class_names:
         raise ValueError("export needs at least one class name")
     model_base = Path(model_base)
-    model_base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".export.", suffix=".tmp", dir=model_base))
-    try:
+    info = {
+        **(manifest or {}),
+        "class_names": class_names,
+        "image_size": int(image_size),
+        "signature": SIGNATURE,
+        "top_k": top_k(len(class_names)),
+        "ood": ood.describe() if ood is not None else None,
+    }
+    chosen = 0
+
+    def publish(tmp: Path) -> None:  # into the next free version (or the one asked for)
+        nonlocal chosen
+        chosen = _rename_to_version(tmp, model_base, {**info, "exported_at": time.time()}, version)
+
+    with atomic_directory(model_base / ".export", publish=publish) as tmp:
         build_archive(model, class_names, image_size=image_size, ood=ood).write_out(
             str(tmp), verbose=False)
         (tmp / LABELS).write_text("".join(f"{c}\n" for c in class_names))
-        info = {
-            **(manifest or {}),
-            "class_names": class_names,
-            "image_size": int(image_size),
-            "signature": SIGNATURE,
-            "top_k": top_k(len(class_names)),
-            "ood": ood.describe() if ood is not None else None,
-            "exported_at": time.time(),
-        }
-        fsync_tree(tmp)
-        chosen = _rename_to_version(tmp, model_base, info, version)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if keep:
         prune_versions(model_base, keep, protect=chosen)
     path = model_base / str(chosen)

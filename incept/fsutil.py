@@ -1,14 +1,18 @@
-"""Atomic writes: a reader on the shared volume sees the old file or the new one,
-never a half-written one. Write beside the target, fsync, rename."""
+"""Atomic writes: a reader on the shared volume sees the old file or folder or
+the new one, never a half-written one. Write beside the target, fsync, rename;
+every published folder (a converted dataset, an extracted download, an
+exported model version) goes through ``atomic_directory``."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -56,18 +60,52 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux renameat2; False where unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    fn = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None)
+    if fn is None:
+        return False
+    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Make the complete folder ``new`` become ``target``. An existing target is
+    exchanged atomically where the OS allows it (``new`` then holds the old
+    content, for the caller to delete), otherwise moved aside first."""
+    if not target.exists():
+        os.rename(new, target)
+    elif not _exchange(new, target):
+        old = target.with_name(f".{target.name}.old")
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(old)
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(target.parent)
+
+
 @contextlib.contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; on success it is fsynced and
-    renamed to ``target`` (which must not exist yet). On error it is removed."""
+def atomic_directory(target: Path, *, publish: Callable[[Path], None] | None = None
+                     ) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target`` to fill; when the body ends
+    normally it is fsynced and published: ``publish(tmp)`` if given (e.g. a rename
+    to the next free version), else it replaces ``target`` (``replace_directory``).
+    On an error -- or when the body removed the folder, having nothing to
+    publish -- nothing is published; the temporary folder never stays behind."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        fsync_tree(tmp)
-        os.rename(tmp, target)
-        fsync_dir(target.parent)
-    except BaseException:
+        if tmp.exists():
+            fsync_tree(tmp)
+            (publish or (lambda new: replace_directory(new, target)))(tmp)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -7,7 +7,9 @@
     <root>/runs/<job_id>/spec.json  the job spec as submitted
     <root>/runs/<job_id>/checkpoints/   tf.train.CheckpointManager
     <root>/runs/<job_id>/train/     TensorBoard training summaries
-    <root>/runs/<job_id>/eval/<step>.json and TensorBoard eval summaries
+    <root>/runs/<job_id>/eval/<step>.json   an evaluation result (written last, atomically)
+    <root>/runs/<job_id>/eval/<step>.error.json   why a checkpoint cannot be evaluated
+    <root>/runs/<job_id>/eval/       and TensorBoard eval summaries
     <root>/models/<model_name>/<version>/   SavedModels polled by TF Serving
     <root>/cache/features/          frozen-backbone features for head-only jobs
     <root>/pretrained/              downloaded base checkpoints
@@ -16,11 +18,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import re
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Used with fullmatch only: "$" would also accept a trailing newline.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -67,6 +72,28 @@ def list_versions(model_dir: Path) -> list[int]:
     if not model_dir.is_dir():
         return []
     return sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def eval_rank(result: dict) -> tuple:
+    """How evaluation results compare: the highest accuracy, then the lowest
+    loss, then the earliest step (it was exported first)."""
+    loss = result.get("loss")
+    loss = float(loss) if isinstance(loss, int | float) and math.isfinite(loss) else math.inf
+    return (result["accuracy"], -loss, -result["step"])
+
+
+def best_of(results: list[dict]) -> dict | None:
+    """The best of evaluation results by ``eval_rank`` (None: none has an accuracy)."""
+    scored = [r for r in results
+              if isinstance(r.get("accuracy"), int | float) and isinstance(r.get("step"), int)]
+    return max(scored, key=eval_rank, default=None)
 
 
 @dataclass(frozen=True)
@@ -123,6 +150,39 @@ class RunLayout:
     def eval_result(self, step: int) -> Path:
         return self.eval_dir / f"{int(step)}.json"
 
+    def eval_error(self, step: int) -> Path:
+        return self.eval_dir / f"{int(step)}.error.json"
+
+    def read_eval(self, step: int) -> dict | None:
+        """The evaluation result of ``step``, or None (none, or not readable yet)."""
+        record = _read_json(self.eval_result(step))
+        return record if isinstance(record, dict) else None
+
+    def read_eval_error(self, step: int) -> dict | None:
+        record = _read_json(self.eval_error(step))
+        return record if isinstance(record, dict) else None
+
+    def evaluated_steps(self) -> set[int]:
+        if not self.eval_dir.is_dir():
+            return set()
+        return {int(p.stem) for p in self.eval_dir.glob("*.json") if p.stem.isdigit()}
+
+    def failed_steps(self) -> set[int]:
+        """Steps with an error record (a result written later wins: see ``evaluated_steps``)."""
+        if not self.eval_dir.is_dir():
+            return set()
+        return {int(p.name.split(".")[0]) for p in self.eval_dir.glob("*.error.json")
+                if p.name.split(".")[0].isdigit()}
+
+    def evaluations(self) -> list[dict]:
+        """Every evaluation result of the run, by step."""
+        results = (self.read_eval(step) for step in self.evaluated_steps())
+        return sorted((r for r in results if r is not None and isinstance(r.get("step"), int)),
+                      key=lambda r: r["step"])
+
+    def best_evaluation(self) -> dict | None:
+        return best_of(self.evaluations())
+
     @property
     def status(self) -> Path:
         """The trainer's last known state, mirrored from Redis so it survives Redis."""
@@ -162,6 +222,13 @@ class Layout:
 
     def run(self, job_id: str) -> RunLayout:
         return RunLayout(self.runs / check_name(job_id, "job id"))
+
+    def all_runs(self) -> list[RunLayout]:
+        """Every run folder with a valid job id, by id."""
+        if not self.runs.is_dir():
+            return []
+        return [RunLayout(p) for p in sorted(self.runs.iterdir())
+                if p.is_dir() and NAME_RE.fullmatch(p.name) and ".." not in p.name]
 
     @property
     def models(self) -> Path:

@@ -22,6 +22,21 @@ MAX_EPOCHS = 100_000
 MAX_KEEP_CHECKPOINTS = 1000
 
 
+
+def under_scope(name: str, scopes) -> bool:
+    """slim's scope rule: ``name`` is one of ``scopes`` or lies below one
+    (``A/B`` is under ``A``; ``AB`` is not). A trailing ``/`` on a scope is ignored."""
+    return any(name == s or name.startswith(s + "/") for s in (x.rstrip("/") for x in scopes))
+
+
+def is_head_only(spec: JobSpec) -> bool:
+    """slim's trainable_scopes are all within the net's logits heads."""
+    from incept.nets import net_info
+
+    heads = net_info(spec.model_name).head_scopes
+    return bool(spec.trainable_scopes) and all(
+        under_scope(s.rstrip("/"), heads) for s in spec.trainable_scopes)
+
 class SpecError(UserError, ValueError):
     """An invalid spec, with every problem listed."""
 
@@ -136,7 +151,7 @@ def _cross_field_problems(values: dict[str, Any]) -> list[str]:
             for scope in scopes if isinstance(scopes, list) else []:
                 if not isinstance(scope, str):
                     continue
-                if not (scope == info.scope or scope.startswith(info.scope + "/")):
+                if not under_scope(scope, [info.scope]):
                     problems.append(f"{field}: {scope!r} is not under the model's scope {info.scope!r}")
         size = values.get("image_size")
         if isinstance(size, int) and size < info.min_image_size:

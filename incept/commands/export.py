@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from incept.checkpoints import restore_for_inference
-    from incept.export import export_model
+    from incept.export import build_manifest, export_model
     from incept.layout import Layout, RunLayout
 
     run_dir = args.run.resolve()
@@ -36,8 +36,8 @@ def run(args: argparse.Namespace) -> int:
     restored = restore_for_inference(run_layout, args.step, layout=layout)
     spec = restored.spec
     image_size = spec.resolved_image_size()
-    manifest = {"model_name": args.out.name, "job_id": run_layout.job_id, "step": restored.step,
-                "net": spec.model_name, "dataset": spec.dataset, "ema": restored.ema_applied}
+    manifest = build_manifest(args.out.name, run_layout.job_id, restored.step, spec,
+                              ema=restored.ema_applied)
     ood = None
     if not args.no_open_set:
         from incept.data.dataset import DatasetInfo
@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
         metrics = classification_metrics(validation.logits, validation.labels, restored.class_names)
         ood, calibration = fit_open_set(restored.model, dataset_dir, image_size=image_size,
                                         num_classes=len(restored.class_names), validation=validation)
-        manifest.update(dataset_fingerprint=info.fingerprint, ood_calibration=calibration,
-                        metrics={k: metrics[k] for k in ("accuracy", "recall_at_5", "loss", "ece",
-                                                         "num_images")})
+        manifest = build_manifest(args.out.name, run_layout.job_id, restored.step, spec,
+                                  ema=restored.ema_applied, dataset_fingerprint=info.fingerprint,
+                                  metrics=metrics, ood_calibration=calibration)
     try:
         result = export_model(restored.model, restored.class_names, args.out,
                               image_size=image_size, ood=ood, manifest=manifest,

@@ -17,7 +17,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,10 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from incept.data._swap import replace_directory
 from incept.data.images import SourceImage, read_source_image
 from incept.errors import UserError
-from incept.fsutil import fsync_tree, write_json_atomic
+from incept.fsutil import atomic_directory, write_json_atomic
 from incept.layout import DATASET_THUMBNAILS, thumbnail_key
 from incept.resources import limits as resource_limits
 
@@ -229,20 +227,15 @@ def convert(src_dir: str | Path, out_dir: str | Path, validation_percent: float 
         raise UserError(f"{out_dir} exists and is not a converted dataset; "
                         "choose another --out or remove it")
     split = split_files(source.files, validation_percent, seed)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp:
         info = _write_dataset(source, split, tmp, options, shards, workers, progress)
         if (not force and existing and existing.get("fingerprint") == info["fingerprint"]
                 and existing.get("options") == options):
             # Same content (files touched or copied): keep the dataset, remember the new stats.
+            shutil.rmtree(tmp)  # nothing to publish
             existing["source"] = info["source"]
             write_json_atomic(out_dir / DATASET_JSON, existing)
             return _report_from_info(out_dir, existing, unchanged=True)
-        fsync_tree(tmp)
-        replace_directory(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return _report_from_info(out_dir, info, unchanged=False)
 
 

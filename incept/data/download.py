@@ -12,18 +12,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from incept.data._swap import replace_directory
 from incept.errors import UserError
-from incept.fsutil import fsync_dir, fsync_tree
+from incept.fsutil import atomic_directory, fsync_dir
 
 CHUNK = 1 << 20
 EXTRACTED_MARKER = ".extracted-from"
@@ -170,9 +167,7 @@ def extract(archive: str | Path, target: str | Path, archive_sha256: str | None 
     marker = target / EXTRACTED_MARKER
     if marker.exists() and marker.read_text().strip() == digest:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 tar.extractall(tmp, filter="data")
@@ -187,10 +182,6 @@ def extract(archive: str | Path, target: str | Path, archive_sha256: str | None 
                 os.rename(child, tmp / child.name)
             inner.rmdir()
         (tmp / EXTRACTED_MARKER).write_text(digest + "\n")
-        fsync_tree(tmp)
-        replace_directory(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

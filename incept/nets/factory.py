@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import keras
 
+from incept.spec import under_scope
+
 _VARIABLE_NAMES = {
     "kernel": "weights",
     "bias": "biases",
@@ -94,22 +96,13 @@ def slim_variables(model: keras.Model, scope: str | None = None) -> dict[str, ke
 
 def variables_under(model: keras.Model, scopes: Sequence[str]) -> dict[str, keras.Variable]:
     """slim's scope filter: the variables whose slim name starts with one of ``scopes``."""
-    prefixes = tuple(s.rstrip("/") for s in scopes)
-    return {
-        n: v for n, v in slim_variables(model).items()
-        if any(n == p or n.startswith(p + "/") for p in prefixes)
-    }
+    return {n: v for n, v in slim_variables(model).items() if under_scope(n, scopes)}
 
 
 def layers_under(model: keras.Model, scopes: tuple[str, ...] | list[str]) -> list[keras.layers.Layer]:
     """The layers whose slim scope starts with one of ``scopes`` (for ``trainable``)."""
-    prefixes = tuple(s.rstrip("/") for s in scopes)
-    out = []
-    for layer in model.layers:
-        full = f"{model.name}/{layer.name.replace('.', '/')}"
-        if any(full == p or full.startswith(p + "/") for p in prefixes):
-            out.append(layer)
-    return out
+    return [layer for layer in model.layers
+            if under_scope(f"{model.name}/{layer.name.replace('.', '/')}", scopes)]
 
 
 _loaded = False

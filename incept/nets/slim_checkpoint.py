@@ -14,6 +14,7 @@ import numpy as np
 
 from incept.errors import UserError
 from incept.nets.factory import slim_variables
+from incept.spec import under_scope
 
 
 class SlimCheckpointError(UserError):
@@ -35,10 +36,6 @@ class LoadReport:
     def summary(self) -> str:
         return (f"loaded {len(self.loaded)} variables, skipped {len(self.skipped)} checkpoint "
                 f"entries, {len(self.excluded)} excluded, {len(self.missing)} missing")
-
-
-def _under(name: str, scopes: tuple[str, ...]) -> bool:
-    return any(name == s or name.startswith(s + "/") for s in scopes)
 
 
 def _normalise_scopes(exclude_scopes) -> tuple[str, ...]:
@@ -69,7 +66,7 @@ def load_slim_checkpoint(model: keras.Model, ckpt_prefix, exclude_scopes=(),
     model_vars = slim_variables(model)
     loaded, missing, excluded, to_assign = [], [], [], []
     for name, var in sorted(model_vars.items()):
-        if _under(name, scopes):
+        if under_scope(name, scopes):
             excluded.append(name)
             continue
         if name not in ckpt_shapes:
@@ -97,7 +94,7 @@ def load_slim_checkpoint(model: keras.Model, ckpt_prefix, exclude_scopes=(),
     for name, var in to_assign:
         var.assign(np.asarray(reader.get_tensor(name), dtype=var.dtype))
 
-    skipped = sorted(n for n in ckpt_shapes if n not in model_vars or _under(n, scopes))
+    skipped = sorted(n for n in ckpt_shapes if n not in model_vars or under_scope(n, scopes))
     return LoadReport(loaded=tuple(loaded), skipped=tuple(skipped), missing=tuple(missing),
                       excluded=tuple(excluded))
 

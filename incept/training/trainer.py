@@ -41,7 +41,7 @@ from incept.fsutil import write_json_atomic
 from incept.layout import Layout, RunLayout
 from incept.resources import job_resource_problems
 from incept.resources import limits as resource_limits
-from incept.spec import JobSpec
+from incept.spec import JobSpec, is_head_only
 from incept.training import distribute, features, inputs, optim
 from incept.training.loop import Stop, TrainLoop
 from incept.training.redis_link import RedisLink
@@ -69,15 +69,6 @@ class TrainResult:
     # Throughput after the first (tracing) step, checkpoint saves excluded.
     steady_images_per_sec: float = 0.0
     feature_seconds: float = 0.0
-
-
-def is_head_only(spec: JobSpec) -> bool:
-    """slim's trainable_scopes are all within the net's logits heads."""
-    from incept.nets import net_info
-
-    heads = net_info(spec.model_name).head_scopes
-    return bool(spec.trainable_scopes) and all(
-        any(s.rstrip("/") == h or s.startswith(h + "/") for h in heads) for s in spec.trainable_scopes)
 
 
 def default_xla(head_only: bool) -> bool:

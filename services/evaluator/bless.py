@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from incept.export import MANIFEST, export_model
+from incept.export import build_manifest, export_model, read_manifest
 from incept.layout import Layout, RunLayout, list_versions
 
 log = logging.getLogger(__name__)
@@ -44,27 +44,10 @@ class Blessing:
         return out
 
 
-def best_so_far(run: RunLayout) -> dict | None:
-    """The most accurate evaluated checkpoint of the run, from the result files."""
-    best = None
-    if not run.eval_dir.is_dir():
-        return None
-    for path in run.eval_dir.glob("*.json"):
-        if not path.stem.isdigit():
-            continue
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if best is None or result["accuracy"] > best["accuracy"]:
-            best = {"step": result["step"], "accuracy": result["accuracy"]}
-    return best
-
-
 def find_export(model_base: Path, job_id: str, step: int) -> tuple[int, dict] | None:
     for version in reversed(list_versions(model_base)):
         try:
-            manifest = json.loads((model_base / str(version) / MANIFEST).read_text())
+            manifest = read_manifest(model_base / str(version))
         except (OSError, json.JSONDecodeError):
             continue
         if manifest.get("job_id") == job_id and manifest.get("step") == int(step):
@@ -83,15 +66,12 @@ def decide(accuracy: float, best: dict | None, threshold: float | None) -> tuple
     return True, f"accuracy {accuracy:.4f} beats {best['accuracy']:.4f} (step {best['step']})"
 
 
-def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *, validation,
-                     dataset_dir: Path, keep_versions: int | None, batch_size: int,
-                     forward=None, open_set=None) -> Blessing:
-    """``open_set``: an already calibrated (OpenSetScore, record), else it is fitted here."""
-    from incept.evaluation.open_set import fit_open_set
-
+def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *,
+                     open_set: tuple, keep_versions: int | None) -> Blessing:
+    """``open_set``: the checkpoint's calibrated (OpenSetScore, record)."""
     spec = restored.spec
     model_name = spec.serving_name()
-    blessed, reason = decide(result["accuracy"], best_so_far(run), spec.bless_threshold)
+    blessed, reason = decide(result["accuracy"], run.best_evaluation(), spec.bless_threshold)
     if not blessed:
         return Blessing(False, reason, model_name)
     model_base = layout.model(model_name)
@@ -102,17 +82,11 @@ def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *, 
                  result["step"], model_name, version)
         return Blessing(True, reason, model_name, version, manifest.get("ood_calibration"))
     started = time.perf_counter()
-    ood, calibration = open_set or fit_open_set(
-        restored.model, dataset_dir, image_size=result["image_size"],
-        num_classes=len(restored.class_names), validation=validation, batch_size=batch_size,
-        forward=forward)
-    manifest = {
-        "model_name": model_name, "job_id": run.job_id, "step": result["step"],
-        "net": spec.model_name, "dataset": spec.dataset,
-        "dataset_fingerprint": result["dataset_fingerprint"], "ema": restored.ema_applied,
-        "metrics": {k: result[k] for k in ("accuracy", "recall_at_5", "loss", "ece", "num_images")},
-        "ood_calibration": calibration,
-    }
+    ood, calibration = open_set
+    manifest = build_manifest(model_name, run.job_id, result["step"], spec,
+                              ema=restored.ema_applied,
+                              dataset_fingerprint=result["dataset_fingerprint"], metrics=result,
+                              ood_calibration=calibration)
     exported = export_model(restored.model, restored.class_names, model_base,
                             image_size=result["image_size"], ood=ood, manifest=manifest,
                             keep=keep_versions)

@@ -20,24 +20,22 @@ bounded retries), again by any later request for the step (which finds the
 result on disk), and on every reconciler pass for each result whose marker
 is missing (``reconciler.republish``) -- so an evaluation that finished while
 Redis was away is published once Redis is back. The hash fields are merged
-order-independently (latest = highest step, best = highest accuracy then
-earliest step, versions = union), so a late publish does not roll them back.
+order-independently (latest = highest step, best by ``incept.layout.eval_rank``:
+highest accuracy, then lowest loss, then earliest step; versions = union), so a late publish does not roll them back.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
 
 from incept.errors import UserError
 from incept.fsutil import write_json_atomic
-from incept.jobstate import JobState, record_once
-from incept.layout import Layout, RunLayout
+from incept.jobstate import record_once
+from incept.layout import Layout, RunLayout, eval_rank
 from services.evaluator.bless import bless_and_export
 from services.evaluator.locks import eval_lock_name, held_lock, job_lock_name
 
@@ -51,24 +49,6 @@ class EvaluationFailed(UserError):
     """The checkpoint (or its dataset) cannot be evaluated; retrying will not help."""
 
 
-def error_record_path(run: RunLayout, step: int) -> Path:
-    return run.eval_dir / f"{int(step)}.error.json"
-
-
-def read_result(run: RunLayout, step: int) -> dict | None:
-    try:
-        return json.loads(run.eval_result(step).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def read_error(run: RunLayout, step: int) -> dict | None:
-    try:
-        return json.loads(error_record_path(run, step).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def _unchanged_since(run: RunLayout, step: int, when: float) -> bool:
     """No file of checkpoint ``step`` was written after ``when`` (a rewritten
     checkpoint deserves a new try)."""
@@ -77,19 +57,6 @@ def _unchanged_since(run: RunLayout, step: int, when: float) -> bool:
     prefix = checkpoint_prefix(run, step)
     files = list(prefix.parent.glob(prefix.name + ".*"))
     return all(f.stat().st_mtime <= when for f in files)
-
-
-def evaluated_steps(run: RunLayout) -> set[int]:
-    if not run.eval_dir.is_dir():
-        return set()
-    return {int(p.stem) for p in run.eval_dir.glob("*.json") if p.stem.isdigit()}
-
-
-def failed_steps(run: RunLayout) -> set[int]:
-    if not run.eval_dir.is_dir():
-        return set()
-    return {int(p.name.split(".")[0]) for p in run.eval_dir.glob("*.error.json")
-            if p.name.split(".")[0].isdigit()}
 
 
 @dataclass
@@ -112,7 +79,7 @@ def evaluate_checkpoint(layout: Layout, conn: redis.Redis, job_id: str, step: in
                         batch_size: int = EVAL_BATCH_SIZE) -> Outcome:
     run = layout.run(job_id)
     step = int(step)
-    existing = read_result(run, step)
+    existing = run.read_eval(step)
     if existing is not None:
         log.info("job %s step %d: already evaluated, nothing to do", job_id, step)
         publish_or_defer(conn, run, existing)  # in case Redis was away when it finished
@@ -121,17 +88,17 @@ def evaluate_checkpoint(layout: Layout, conn: redis.Redis, job_id: str, step: in
         if not acquired:
             log.info("job %s step %d: another worker is evaluating it", job_id, step)
             return Outcome("busy")
-        existing = read_result(run, step)  # finished while we waited for the lock
+        existing = run.read_eval(step)  # finished while we waited for the lock
         if existing is not None:
             publish_or_defer(conn, run, existing)
             return Outcome("already_done", existing)
-        known_failure = read_error(run, step)
+        known_failure = run.read_eval_error(step)
         if known_failure is not None and _unchanged_since(run, step, known_failure["failed_at"]):
             raise EvaluationFailed(f"job {job_id!r} step {step}: {known_failure['error']}")
         try:
             return _evaluate(layout, conn, run, step, keep_versions, batch_size)
         except UserError as e:
-            _record_failure(conn, run, step, str(e))
+            record_failure(conn, run, step, str(e))
             raise EvaluationFailed(f"job {job_id!r} step {step}: {e}") from None
 
 
@@ -141,7 +108,7 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
     from incept.data.dataset import DatasetInfo
     from incept.evaluation.metrics import classification_metrics, forward_fn, run_split
     from incept.evaluation.open_set import fit_open_set
-    from incept.training.trainer import is_head_only
+    from incept.spec import is_head_only
 
     job_id = run.job_id
     started = time.perf_counter()
@@ -170,7 +137,7 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
 
     result = {
         "job_id": job_id, "step": step, **metrics, "class_names": list(restored.class_names),
-        "ood": open_set[1] if open_set else None,
+        "ood": open_set[1],
         "ema": restored.ema_applied, "dataset_fingerprint": info.fingerprint,
         "model_name": spec.model_name, "image_size": image_size,
     }
@@ -179,15 +146,13 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
     with held_lock(conn, job_lock_name(job_id), wait_s=BLESS_LOCK_WAIT_S) as acquired:
         if not acquired:
             raise TimeoutError(f"job {job_id}: bless lock still held after {BLESS_LOCK_WAIT_S} s")
-        existing = read_result(run, step)
+        existing = run.read_eval(step)
         if existing is not None:
             # Our checkpoint lock lapsed (Redis was away) and another worker finished it.
             publish_or_defer(conn, run, existing)
             return Outcome("already_done", existing)
-        blessing = bless_and_export(
-            layout, run, restored, result, validation=validation, dataset_dir=dataset_dir,
-            keep_versions=keep_versions, batch_size=batch_size, forward=forward,
-            open_set=open_set)
+        blessing = bless_and_export(layout, run, restored, result, open_set=open_set,
+                                    keep_versions=keep_versions)
         result.update(blessing.fields())
         result["evaluated_at"] = time.time()
         result["compute_s"] = compute_s + blessing.compute_s
@@ -231,8 +196,8 @@ def publish(conn: redis.Redis, run: RunLayout, result: dict) -> bool:
         if not isinstance(latest, dict) or latest.get("step", -1) <= step:
             fields["latest_eval"] = summary
         best = current.get("best")
-        if not isinstance(best, dict) or (accuracy, -step) > (best["accuracy"], -best["step"]):
-            fields["best"] = {"step": step, "accuracy": accuracy}
+        if not isinstance(best, dict) or eval_rank(summary) > eval_rank(best):
+            fields["best"] = {"step": step, "accuracy": accuracy, "loss": result["loss"]}
         if version is not None:
             fields["exported_versions"] = sorted(set(current.get("exported_versions") or []) | {version})
             fields["served_model"] = result.get("served_model")
@@ -256,13 +221,27 @@ def publish_or_defer(conn: redis.Redis, run: RunLayout, result: dict) -> None:
                     "the reconciler publishes it when Redis is back", run.job_id, result["step"], e)
 
 
-def _record_failure(conn: redis.Redis, run: RunLayout, step: int, reason: str) -> None:
+def record_failure(conn: redis.Redis, run: RunLayout, step: int, reason: str) -> None:
+    """A checkpoint that cannot be evaluated: its error record on the volume, then
+    the job's ``eval_error`` field and ``error`` event (once per step, see
+    ``publish_failure``). The evaluation's own failure and the reconciler's giving
+    up both come here."""
     log.error("job %s step %d: evaluation failed: %s", run.job_id, step, reason)
-    record = {"job_id": run.job_id, "step": step, "error": reason, "failed_at": time.time()}
+    record = {"job_id": run.job_id, "step": int(step), "error": reason, "failed_at": time.time()}
     try:
-        write_json_atomic(error_record_path(run, step), record)
+        write_json_atomic(run.eval_error(step), record)
     except OSError as e:
         log.error("job %s step %d: could not write the error record: %s", run.job_id, step, e)
-    state = JobState(conn)
-    state.update(run.job_id, eval_error={"step": step, "error": reason})
-    state.emit(run.job_id, "error", {"source": "evaluator", "step": step, "error": reason})
+    try:
+        publish_failure(conn, run, record)
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        log.warning("job %s step %d: failure recorded, but Redis is unavailable (%s); "
+                    "the reconciler publishes it when Redis is back", run.job_id, step, e)
+
+
+def publish_failure(conn: redis.Redis, run: RunLayout, record: dict) -> bool:
+    """Tell Redis about an error record, once per (job, step) like ``publish``."""
+    step = int(record["step"])
+    error = {"step": step, "error": record["error"]}
+    return record_once(conn, run.job_id, f"error:{step}", lambda _current: {"eval_error": error},
+                       [("error", {"source": "evaluator", **error})])

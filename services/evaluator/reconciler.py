@@ -6,9 +6,11 @@ asks for them again. That covers a trainer that could not enqueue, a flushed
 queue or a lost Redis, and a worker killed mid-evaluation (its request stays
 "started" in rq, but its per-checkpoint lock expires within seconds).
 
-Each pass also republishes to Redis every result on disk that Redis has not
-recorded (``republish``; an evaluation that finished while Redis was away),
-exactly once per (job, step) -- see ``services.evaluator.evaluate``. The thread
+Each pass also republishes to Redis every result and error record on disk that
+Redis has not recorded (``republish``; an evaluation that finished while Redis
+was away, or a Redis that lost its data), exactly once per (job, step) -- see
+``services.evaluator.evaluate``. Giving up on a checkpoint goes through the
+evaluator's own failure recording (record and ``error`` event). The thread
 outlives Redis outages: a pass that cannot reach Redis is logged in one line
 and the next pass tries again.
 """
@@ -23,7 +25,7 @@ import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from incept.layout import NAME_RE, Layout
+from incept.layout import Layout
 from incept.queues import EVAL_QUEUE, enqueue_eval, eval_request_id, fetch_request, rq_queue
 from services.evaluator.locks import eval_lock_name, held_lock, is_locked, lock_ttl_s
 
@@ -69,19 +71,14 @@ def _orphaned(conn: redis.Redis, job: Job) -> bool:
 def reconcile(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
     """One pass; returns the (job, step) pairs it asked for."""
     from incept.checkpoints import list_checkpoints
-    from services.evaluator.evaluate import evaluated_steps, failed_steps
-
     asked: list[tuple[str, int]] = []
     if not layout.runs.is_dir():
         return asked
     with held_lock(conn, RECONCILER_LOCK, blocking=False) as acquired:
         if not acquired:
             return asked  # another evaluator is reconciling right now
-        for run_dir in sorted(layout.runs.iterdir()):
-            if not run_dir.is_dir() or not NAME_RE.fullmatch(run_dir.name):
-                continue
-            run = layout.run(run_dir.name)
-            settled = evaluated_steps(run) | failed_steps(run)
+        for run in layout.all_runs():
+            settled = run.evaluated_steps() | run.failed_steps()
             for step in list_checkpoints(run):
                 if step in settled or is_locked(conn, eval_lock_name(run.job_id, step)):
                     continue
@@ -108,41 +105,39 @@ def reconcile(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
 
 
 def republish(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
-    """Publish every result on disk that Redis has no record of; returns the
-    (job, step) pairs this call published."""
+    """Publish every result and error record on disk that Redis has no record of
+    (it was away, or lost its data); returns the (job, step) pairs this call published."""
     from incept.jobstate import recorded_markers
-    from services.evaluator.evaluate import evaluated_steps, publish, read_result
+    from services.evaluator.evaluate import publish, publish_failure
 
     published: list[tuple[str, int]] = []
-    if not layout.runs.is_dir():
-        return published
-    for run_dir in sorted(layout.runs.iterdir()):
-        if not run_dir.is_dir() or not NAME_RE.fullmatch(run_dir.name):
-            continue
-        run = layout.run(run_dir.name)
-        steps = evaluated_steps(run)
-        if not steps:
+    for run in layout.all_runs():
+        evaluated, failed = run.evaluated_steps(), run.failed_steps()
+        if not evaluated and not failed:
             continue
         recorded = recorded_markers(conn, run.job_id)
-        for step in sorted(steps):
-            if f"eval:{step}" in recorded:
+        todo = [(f"eval:{s}", s, run.read_eval, publish) for s in sorted(evaluated)]
+        todo += [(f"error:{s}", s, run.read_eval_error, publish_failure)
+                 for s in sorted(failed - evaluated)]
+        for marker, step, read, publish_record in todo:
+            if marker in recorded:
                 continue
-            result = read_result(run, step)
+            record = read(step)
             try:
-                done = result is not None and publish(conn, run, result)
+                done = record is not None and publish_record(conn, run, record)
             except (KeyError, TypeError, ValueError) as e:
-                log.warning("reconciler: %s is not a result this evaluator wrote (%r)",
-                            run.eval_result(step), e)
+                log.warning("reconciler: the %s record of %s step %d is not one this evaluator "
+                            "wrote (%r)", marker.split(":")[0], run.job_id, step, e)
                 continue
             if done:
-                log.info("reconciler: published the result of %s step %d to Redis", run.job_id, step)
+                log.info("reconciler: published the %s of %s step %d to Redis",
+                         "result" if marker.startswith("eval") else "failure", run.job_id, step)
                 published.append((run.job_id, step))
     return published
 
 
 def _redos_exhausted(conn: redis.Redis, run, step: int, status) -> bool:
-    from incept.fsutil import write_json_atomic
-    from services.evaluator.evaluate import error_record_path
+    from services.evaluator.evaluate import record_failure
 
     key = f"incept:eval-redos:{run.job_id}:{int(step)}"
     redos = conn.incr(key)
@@ -152,9 +147,7 @@ def _redos_exhausted(conn: redis.Redis, run, step: int, status) -> bool:
     reason = (f"gave up after {MAX_REDOS} repeated requests (last one {status}); "
               "see the evaluator's log")
     log.error("reconciler: job %s step %d: %s", run.job_id, step, reason)
-    write_json_atomic(error_record_path(run, step),
-                      {"job_id": run.job_id, "step": int(step), "error": reason,
-                       "failed_at": time.time()})
+    record_failure(conn, run, step, reason)
     return True
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from incept.jobstate import JobState
-from incept.layout import NAME_RE, Layout
+from incept.layout import NAME_RE, Layout, best_of
 
 log = logging.getLogger(__name__)
 
@@ -30,31 +30,7 @@ def _read_json(path: Path) -> Any:
 
 
 def disk_job_ids(layout: Layout) -> list[str]:
-    if not layout.runs.is_dir():
-        return []
-    return [p.name for p in layout.runs.iterdir()
-            if NAME_RE.fullmatch(p.name) and (p / "spec.json").exists()]
-
-
-def evaluations(layout: Layout, job_id: str) -> list[dict]:
-    eval_dir = layout.run(job_id).eval_dir
-    if not eval_dir.is_dir():
-        return []
-    out = []
-    for p in eval_dir.glob("*.json"):
-        if p.stem.isdigit():
-            data = _read_json(p)
-            if isinstance(data, dict) and "step" in data:
-                out.append(data)
-    return sorted(out, key=lambda e: e["step"])
-
-
-def _best(evals: list[dict]) -> dict | None:
-    scored = [e for e in evals if isinstance(e.get("accuracy"), int | float)]
-    if not scored:
-        return None
-    # Highest accuracy; the earlier step wins a tie (it was exported first).
-    return max(scored, key=lambda e: (e["accuracy"], -e["step"]))
+    return [run.job_id for run in layout.all_runs() if run.spec.exists()]
 
 
 def job_summary(layout: Layout, state: JobState, job_id: str, *, full: bool = False) -> dict | None:
@@ -83,8 +59,8 @@ def job_summary(layout: Layout, state: JobState, job_id: str, *, full: bool = Fa
         merged.update({k: v for k, v in live.items() if v not in (None, "")})
     if isinstance(merged.get("spec"), str):
         merged["spec"] = _read_json_text(merged["spec"])
-    evals = evaluations(layout, job_id) if full or "best" not in merged else []
-    best = _best(evals)
+    evals = run.evaluations() if full or "best" not in merged else []
+    best = best_of(evals)
     if best is not None:
         merged["best"] = {"step": best["step"], "accuracy": best["accuracy"]}
     if full:
@@ -107,9 +83,6 @@ class CheckpointOutcome:
     events: frozenset = frozenset()  # (kind, step) of the events the evaluator emits for it
 
 
-# The evaluation file names (services.evaluator) are read here without importing
-# that module: it imports TensorFlow, and a second thread importing TensorFlow
-# while the model loader does breaks both imports.
 def checkpoint_outcomes(layout: Layout, job_id: str) -> list[CheckpointOutcome]:
     """Every complete checkpoint of the job with its evaluation outcome: a result
     (``eval/<step>.json``; events eval, and export when it was exported) or an
@@ -117,8 +90,8 @@ def checkpoint_outcomes(layout: Layout, job_id: str) -> list[CheckpointOutcome]:
     run = layout.run(job_id)
     out = []
     for step in run.complete_checkpoints():
-        result_path, error_path = run.eval_result(step), run.eval_dir / f"{step}.error.json"
-        result = _read_json(result_path)
+        result_path, error_path = run.eval_result(step), run.eval_error(step)
+        result = run.read_eval(step)
         if isinstance(result, dict):
             events = {("eval", step)}
             if isinstance(result.get("exported_version"), int):

@@ -18,7 +18,7 @@ def test_presets_are_valid_specs(key):
 
 
 def test_presets_take_the_paths_they_name():
-    from incept.training.trainer import is_head_only
+    from incept.spec import is_head_only
 
     assert is_head_only(parse_spec({**PRESETS["seed"]["spec"], "dataset": "f"}))
     assert not is_head_only(parse_spec({**PRESETS["full"]["spec"], "dataset": "f"}))

@@ -6,8 +6,6 @@ import asyncio
 import json
 import logging
 import re
-import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import redis
@@ -146,11 +144,6 @@ def stream_position(last_event_id: str | None) -> str:
     return last_event_id
 
 
-# An outcome on the volume whose event never reached the stream (a flushed Redis,
-# the reconciler's give-up record) holds the stream no longer than this.
-OUTCOME_EVENT_GRACE_S = 10.0
-
-
 def _history(state, job_id: str, upto: str) -> list[tuple[str, str, dict]]:
     if upto == "0-0":
         return []
@@ -166,17 +159,11 @@ def _outcome_events(events) -> set[tuple[str, int]]:
 def _evaluations_left(layout, job_id: str,
                       announced: set[tuple[str, int]]) -> tuple[dict, list[int]]:
     """({evaluated, failed} steps, steps still waiting): a checkpoint waits for
-    its outcome on the volume, and then for that outcome's events to be sent."""
+    its outcome on the volume, and then for that outcome's events to be sent (the
+    evaluator publishes both results and failures, and its reconciler publishes
+    again whatever Redis lost)."""
     outcomes = jobview.checkpoint_outcomes(layout, job_id)
-    pending = [o.step for o in outcomes if o.outcome is None or (
-        not o.events <= announced and not _older_than(o.record, OUTCOME_EVENT_GRACE_S))]
+    pending = [o.step for o in outcomes if o.outcome is None or not o.events <= announced]
     settled = {kind: [o.step for o in outcomes if o.outcome == kind]
                for kind in ("evaluated", "failed")}
     return settled, pending
-
-
-def _older_than(path: Path, seconds: float) -> bool:
-    try:
-        return time.time() - path.stat().st_mtime > seconds
-    except OSError:
-        return False

@@ -44,7 +44,7 @@ def test_evaluate_bless_export_and_duplicate(layout, redis_conn, dataset):
     state = JobState(redis_conn).get("job1")
     assert state["latest_eval"] == {"step": step, "accuracy": result["accuracy"],
                                     "recall_at_5": result["recall_at_5"], "loss": result["loss"]}
-    assert state["best"] == {"step": step, "accuracy": result["accuracy"]}
+    assert state["best"] == {"step": step, "accuracy": result["accuracy"], "loss": result["loss"]}
     assert state["exported_versions"] == [1] and state["served_model"] == "flowers"
     kinds = [k for _, k, _ in JobState(redis_conn).events("job1")]
     assert kinds == ["eval", "export"]

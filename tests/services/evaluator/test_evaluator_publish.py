@@ -47,8 +47,20 @@ def test_late_publish_does_not_roll_the_job_back(layout, redis_conn):
     publish(redis_conn, run, result(10, 0.9, version=1))  # ties the best at an earlier step
     job = JobState(redis_conn).get("pub")
     assert job["latest_eval"]["step"] == 30
-    assert job["best"] == {"step": 10, "accuracy": 0.9}
+    assert (job["best"]["step"], job["best"]["accuracy"]) == (10, 0.9)
     assert job["exported_versions"] == [1, 3] and job["served_model"] == "petals"
+
+
+def test_best_is_the_highest_accuracy_then_the_lowest_loss_then_the_earliest_step(
+        layout, redis_conn):
+    run = layout.run("pub")
+    results = [{**result(10, 0.9), "loss": 0.3}, {**result(20, 0.9), "loss": 0.2},
+               {**result(30, 0.9), "loss": 0.2}, {**result(40, 0.8), "loss": 0.1}]
+    for r in reversed(results):  # the order Redis hears of them does not matter
+        publish(redis_conn, run, r)
+        write_json_atomic(run.eval_result(r["step"]), r)
+    assert JobState(redis_conn).get("pub")["best"] == {"step": 20, "accuracy": 0.9, "loss": 0.2}
+    assert run.best_evaluation()["step"] == 20  # the volume's answer is the same
 
 
 def test_republish_sends_what_redis_missed(layout, redis_conn):

@@ -14,6 +14,7 @@ import pytest
 from evaluator_helpers import RunWriter, make_dataset, start_evaluator, stop, wait_for
 
 from incept.jobstate import JobState
+from incept.layout import best_of
 from incept.queues import connect, eval_request_id, request_status
 from incept.redis_server import RedisServer
 from services.evaluator.locks import eval_lock_name, job_lock_name
@@ -95,8 +96,8 @@ def test_redis_outages_mid_run(layout, tmp_path, redis_box):
     on_disk = {s: json.loads(run.eval_result(s).read_text()) for s in (1, 2, 3, 4)}
     job = JobState(conn).get("outage")
     assert job["latest_eval"]["step"] == 4
-    best = max(on_disk.values(), key=lambda r: (r["accuracy"], -r["step"]))
-    assert job["best"] == {"step": best["step"], "accuracy": best["accuracy"]}
+    best = best_of(list(on_disk.values()))  # highest accuracy, lowest loss, earliest step
+    assert job["best"] == {"step": best["step"], "accuracy": best["accuracy"], "loss": best["loss"]}
     exported = sorted(r["exported_version"] for r in on_disk.values() if r["blessed"])
     assert exported and job["exported_versions"] == exported
     exports = [d["version"] for _, kind, d in JobState(conn).events("outage") if kind == "export"]

@@ -28,7 +28,7 @@ from rq import Worker
 
 from incept.export import read_manifest
 from incept.jobstate import JobState
-from incept.layout import list_versions
+from incept.layout import best_of, list_versions
 from incept.queues import (
     EVAL_QUEUE,
     enqueue_eval,
@@ -90,8 +90,8 @@ def test_trainer_to_eval_queue_to_blessed_export(layout, redis_url, redis_conn, 
         wait_for(lambda s=step: run.eval_result(s).exists(), 60, f"eval of step {step}")
     on_disk = {s: json.loads(run.eval_result(s).read_text()) for s in steps}
     job = state.get("pipe")
-    best = max(on_disk.values(), key=lambda r: (r["accuracy"], -r["step"]))
-    assert job["best"] == {"step": best["step"], "accuracy": best["accuracy"]}
+    best = best_of(list(on_disk.values()))  # highest accuracy, lowest loss, earliest step
+    assert job["best"] == {"step": best["step"], "accuracy": best["accuracy"], "loss": best["loss"]}
     exported = sorted(r["exported_version"] for r in on_disk.values() if r["blessed"])
     assert exported and job["exported_versions"] == exported and job["served_model"] == "petals"
     events = [(k, d) for _, k, d in state.events("pipe") if k in ("eval", "export")]

@@ -7,8 +7,8 @@ import pytest
 from evaluator_helpers import RunWriter, make_dataset
 
 from incept.fsutil import write_json_atomic
+from incept.jobstate import JobState
 from incept.queues import enqueue_eval, eval_request_id, fetch_request
-from services.evaluator.evaluate import error_record_path
 from services.evaluator.locks import eval_lock_name
 from services.evaluator.reconciler import reconcile
 
@@ -25,7 +25,7 @@ def writer(layout, tmp_path):
 def test_one_pass(layout, redis_conn, writer):
     run = writer.run
     write_json_atomic(run.eval_result(1), {"step": 1, "accuracy": 0.5})       # done
-    write_json_atomic(error_record_path(run, 2), {"step": 2, "error": "bad"})  # failed for good
+    write_json_atomic(run.eval_error(2), {"step": 2, "error": "bad"})          # failed for good
     assert enqueue_eval(redis_conn, "rec", 3)                                  # pending
     redis_conn.set(eval_lock_name("rec", 4), "someone")                        # in progress
     # Step 5 was never requested; a stray partial checkpoint (no data) is not complete.
@@ -54,9 +54,27 @@ def test_gives_up_after_repeated_failures(layout, redis_conn, writer):
         assert reconcile(layout, redis_conn) == [("rec", 5)]
     fetch_request(redis_conn, eval_request_id("rec", 5)).set_status("failed")
     assert reconcile(layout, redis_conn) == []
-    record = error_record_path(writer.run, 5).read_text()
-    assert "gave up after" in record
+    record = writer.run.read_eval_error(5)
+    assert "gave up after" in record["error"]
+    # The same failure path as the evaluator's own: the job's error event and field.
+    state = JobState(redis_conn)
+    errors = [data for _id, kind, data in state.events("rec") if kind == "error"]
+    assert errors == [{"source": "evaluator", "step": 5, "error": record["error"]}]
+    assert state.get("rec")["eval_error"] == {"step": 5, "error": record["error"]}
     assert reconcile(layout, redis_conn) == []
+
+
+def test_failures_redis_lost_are_published_again(layout, redis_conn, writer):
+    """An error record whose event Redis lost (flushed) is published by the next
+    pass, once: the job's event stream hears of every failure."""
+    for step in (1, 2, 3, 4):
+        write_json_atomic(writer.run.eval_result(step), {"step": step, "accuracy": 0.5})
+    write_json_atomic(writer.run.eval_error(5), {"job_id": "rec", "step": 5, "error": "corrupt",
+                                                 "failed_at": 1.0})
+    reconcile(layout, redis_conn)
+    reconcile(layout, redis_conn)
+    errors = [data for _id, kind, data in JobState(redis_conn).events("rec") if kind == "error"]
+    assert errors == [{"source": "evaluator", "step": 5, "error": "corrupt"}]
 
 
 def test_request_taken_by_a_worker_that_died_before_starting_it_is_replaced(

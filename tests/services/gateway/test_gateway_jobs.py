@@ -203,10 +203,7 @@ def _eval_result(job_id: str, step: int, exported_version=None) -> dict:
 
 def test_events_continue_after_training_until_every_checkpoint_is_evaluated(
         client, auth, layout, dataset, redis_url):
-    import os
     import time
-
-    from services.evaluator.evaluate import error_record_path
 
     job_id = client.post("/v1/jobs", json=SPEC, headers=auth).json()["job_id"]
     run = layout.run(job_id)
@@ -215,13 +212,13 @@ def test_events_continue_after_training_until_every_checkpoint_is_evaluated(
     for step in (2, 4, 6, 8):
         save_checkpoint(layout, job_id, step)
         state.emit(job_id, "checkpoint", {"step": step})
-    # Step 2 was evaluated during training; step 4's evaluation failed long ago and
-    # the reconciler's give-up record never made an event: neither holds the stream.
+    # Step 2 was evaluated during training; step 4's evaluation failed during training
+    # (the reconciler gave up: its record and its error event): neither holds the stream.
     write_json_atomic(run.eval_result(2), _eval_result(job_id, 2))
     state.emit(job_id, "eval", {"step": 2, "accuracy": 0.52})
-    write_json_atomic(error_record_path(run, 4), {"job_id": job_id, "step": 4, "error": "gave up",
-                                                  "failed_at": time.time() - 3600})
-    os.utime(error_record_path(run, 4), (time.time() - 3600, time.time() - 3600))
+    write_json_atomic(run.eval_error(4), {"job_id": job_id, "step": 4, "error": "gave up",
+                                          "failed_at": time.time() - 3600})
+    state.emit(job_id, "error", {"source": "evaluator", "step": 4, "error": "gave up"})
     state.set_state(job_id, "succeeded")
 
     with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth) as r:
@@ -229,7 +226,7 @@ def test_events_continue_after_training_until_every_checkpoint_is_evaluated(
         kinds = []
         while (event := sse.next_event())["event"] != "waiting":
             kinds.append(event["event"])
-        assert kinds == ["state", "state"] + ["checkpoint"] * 4 + ["eval", "state"]
+        assert kinds == ["state", "state"] + ["checkpoint"] * 4 + ["eval", "error", "state"]
         assert event["data"] == {"state": "succeeded", "pending_evaluations": [6, 8]}
         # The evaluator finishes step 6: result on the volume first, then its events.
         write_json_atomic(run.eval_result(6), _eval_result(job_id, 6, exported_version=3))
@@ -241,8 +238,8 @@ def test_events_continue_after_training_until_every_checkpoint_is_evaluated(
         assert sse.next_event()["event"] == "export"
         assert sse.next_event()["data"] == {"state": "succeeded", "pending_evaluations": [8]}
         # Step 8 fails: an error record, then the error event; then the stream ends.
-        write_json_atomic(error_record_path(run, 8), {"job_id": job_id, "step": 8, "error": "corrupt",
-                                                      "failed_at": time.time()})
+        write_json_atomic(run.eval_error(8), {"job_id": job_id, "step": 8, "error": "corrupt",
+                                              "failed_at": time.time()})
         state.emit(job_id, "error", {"source": "evaluator", "step": 8, "error": "corrupt"})
         error = sse.next_event()
         assert error["event"] == "error"

@@ -10,7 +10,7 @@ EXAMPLES = Path(__file__).parents[3] / "examples"
 
 
 def test_seed_example_is_the_seed_recipe_on_the_head_only_path():
-    from incept.training.trainer import is_head_only
+    from incept.spec import is_head_only
 
     spec = load_spec(EXAMPLES / "flowers-inception_v4-seed.yaml")
     assert (spec.learning_rate, spec.learning_rate_decay_factor, spec.num_epochs_per_decay) == (0.001, 0.76, 50)
