@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,8 +116,22 @@ class GatewayClient:
         except httpx.HTTPError:
             return False
 
-    def submit(self, spec: dict) -> dict:
-        body = self.request("POST", "/v1/jobs", json=spec).json()
+    def submit(self, spec: dict, *, attempts: int = 3) -> dict:
+        """One job, even when a reply is lost: every attempt carries the same
+        Idempotency-Key, so a retry after a 503 (Redis or the cluster busy) gets the
+        job the first attempt may have made instead of a second one."""
+        headers = {"Idempotency-Key": uuid.uuid4().hex}
+        for attempt in range(1, attempts):
+            try:
+                return self._submit_once(spec, headers)
+            except GatewayError as e:
+                if e.status_code != 503:
+                    raise
+                time.sleep(2.0 * attempt)
+        return self._submit_once(spec, headers)
+
+    def _submit_once(self, spec: dict, headers: dict) -> dict:
+        body = self.request("POST", "/v1/jobs", json=spec, headers=headers).json()
         body.setdefault("job_id", body.get("id"))
         return body
 

@@ -16,6 +16,14 @@ from redis.exceptions import WatchError
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 STREAM_MAXLEN = 10_000
+# Redis keeps a finished job's live state (hash, event stream, markers, cancel
+# flag) this long after it finished, then drops it: the shared volume stays the
+# record (spec.json, status.json, eval/), and jobview serves a job from there.
+FINISHED_JOB_TTL_S = 7 * 24 * 3600
+# incept:jobs (newest first) keeps at most this many ids, none older than this;
+# older jobs are still listed from runs/ on the volume.
+JOBS_INDEX_MAX = 10_000
+JOBS_INDEX_RETENTION_S = 30 * 24 * 3600
 
 
 def _job_key(job_id: str) -> str:
@@ -61,6 +69,8 @@ class JobState:
         now = time.time()
         pipe = self.conn.pipeline()
         pipe.zadd(JOBS_INDEX, {job_id: now}, nx=True)
+        pipe.zremrangebyscore(JOBS_INDEX, "-inf", now - JOBS_INDEX_RETENTION_S)
+        pipe.zremrangebyrank(JOBS_INDEX, 0, -JOBS_INDEX_MAX - 1)
         pipe.hset(_job_key(job_id), mapping={k: _encode(v) for k, v in
                                               {"job_id": job_id, "state": "queued", "created_at": now,
                                                "updated_at": now, **fields}.items()})
@@ -100,12 +110,30 @@ class JobState:
             raise ValueError(f"unknown state {state!r}")
         self.update(job_id, state=state, **fields)
         self.emit(job_id, "state", {"state": state, **fields})
+        if state in TERMINAL_STATES:
+            pipe = self.conn.pipeline()
+            _expire_finished(pipe, job_id)
+            pipe.execute()
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job that never started (its submission failed)."""
+        self.conn.delete(*_job_keys(job_id))
+        self.conn.zrem(JOBS_INDEX, job_id)
 
     def request_cancel(self, job_id: str) -> None:
-        self.conn.set(_cancel_key(job_id), "1")
+        self.conn.set(_cancel_key(job_id), "1", ex=FINISHED_JOB_TTL_S)
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.conn.exists(_cancel_key(job_id)))
+
+
+def _job_keys(job_id: str) -> tuple[str, ...]:
+    return (_job_key(job_id), _events_key(job_id), _recorded_key(job_id), _cancel_key(job_id))
+
+
+def _expire_finished(pipe, job_id: str) -> None:
+    for key in _job_keys(job_id):
+        pipe.expire(key, FINISHED_JOB_TTL_S)
 
 
 def record_once(conn: redis.Redis, job_id: str, marker: str,
@@ -133,6 +161,8 @@ def record_once(conn: redis.Redis, job_id: str, marker: str,
                 for kind, data in events:
                     pipe.xadd(_events_key(job_id), {"type": kind, "data": json.dumps(data)},
                               maxlen=STREAM_MAXLEN, approximate=True)
+                if current.get("state") in TERMINAL_STATES:  # evaluations after the end
+                    _expire_finished(pipe, job_id)
                 pipe.execute()
                 return True
             except WatchError:

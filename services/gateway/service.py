@@ -5,7 +5,10 @@ import this module (and deps, schemas, errors), never each other."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import redis
@@ -34,6 +37,8 @@ from services.gateway.errors import ApiError, Conflict, NotFound
 from services.gateway.launchers.base import Launcher
 
 # -- datasets -----------------------------------------------------------------
+
+log = logging.getLogger(__name__)
 
 
 def conversion_state(conn: redis.Redis, name: str) -> tuple[str | None, str | None]:
@@ -131,9 +136,43 @@ def find_job(layout: Layout, state: JobState, job_id: str, *, full: bool) -> dic
 
 
 def submit_job(layout: Layout, state: JobState, launcher: Launcher, conn: redis.Redis,
-               settings: Settings, spec: dict) -> str:
-    """Validate the spec, write it to the volume, record the job and launch it."""
+               settings: Settings, spec: dict, idempotency_key: str | None = None) -> str:
+    """Validate the spec, record the job in Redis, write the spec to the volume and
+    launch it. A submission that fails leaves nothing behind (503: try again); one
+    with an ``Idempotency-Key`` already seen returns that job instead of a second."""
     job_spec = parse_spec(spec)
+    dataset_dir = _checked_dataset(job_spec, layout, conn)
+    problems = _resource_problems(job_spec, layout, dataset_dir, settings)
+    if problems:
+        raise SpecError(problems)
+    spec_json = job_spec.model_dump(mode="json")
+    job_id = new_job_id(job_spec.dataset)
+    claim = None
+    if idempotency_key is not None:
+        claim, earlier = _claim_submission(conn, idempotency_key, job_id, spec_json)
+        if earlier is not None:
+            return earlier
+    run = layout.run(job_id)
+    try:
+        # Redis first: if it is down, nothing reaches the volume.
+        state.create(job_id, spec=json.dumps(spec_json), dataset=job_spec.dataset,
+                     model_name=job_spec.serving_name(), max_steps=job_spec.max_steps)
+        run.root.mkdir(parents=True)
+        # The spec is on the volume before anything can start the job (the contract).
+        write_json_atomic(run.spec, spec_json)
+        ref = launcher.launch(job_id)
+    except Exception as e:
+        _forget_submission(conn, state, run, claim)
+        raise ApiError(f"could not submit the job: {e}", status_code=503,
+                       headers={"Retry-After": "30"}) from None
+    try:
+        state.update(job_id, launcher=json.dumps({"launcher": launcher.name, "ref": ref}))
+    except redis.RedisError as e:  # launched: the job runs, and a retry must not start another
+        log.warning("job %s launched, but Redis did not take its launcher reference: %s", job_id, e)
+    return job_id
+
+
+def _checked_dataset(job_spec: JobSpec, layout: Layout, conn: redis.Redis) -> Path:
     try:
         dataset_dir = job_spec.dataset_dir(layout)
     except ValueError as e:
@@ -146,25 +185,38 @@ def submit_job(layout: Layout, state: JobState, launcher: Launcher, conn: redis.
     if not dataset_dir.is_dir():
         raise ApiError(f"dataset {job_spec.dataset!r} is not a known dataset "
                        f"(no folder {dataset_dir.relative_to(layout.root)} in the data root)")
-    problems = _resource_problems(job_spec, layout, dataset_dir, settings)
-    if problems:
-        raise SpecError(problems)
-    job_id = new_job_id(job_spec.dataset)
-    run = layout.run(job_id)
-    run.root.mkdir(parents=True)
-    # The spec is on the volume before anything can start the job (the contract).
-    spec_json = job_spec.model_dump(mode="json")
-    write_json_atomic(run.spec, spec_json)
-    state.create(job_id, spec=json.dumps(spec_json), dataset=job_spec.dataset,
-                 model_name=job_spec.serving_name(), max_steps=job_spec.max_steps)
+    return dataset_dir
+
+
+# A client's retry with the same Idempotency-Key within this long gets the same job.
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+def _claim_submission(conn: redis.Redis, key: str, job_id: str,
+                      spec_json: dict) -> tuple[str, str | None]:
+    """(Redis key of the claim, the job an earlier submission with ``key`` made or None)."""
+    digest = hashlib.sha256(json.dumps(spec_json, sort_keys=True).encode()).hexdigest()
+    claim = "incept:submission:" + hashlib.sha256(key.encode()).hexdigest()
+    value = json.dumps({"job_id": job_id, "spec": digest})
     try:
-        ref = launcher.launch(job_id)
-    except Exception as e:
-        state.set_state(job_id, "failed", error=f"could not launch: {e}")
-        raise ApiError(f"could not launch the job: {e}", status_code=503,
-                       headers={"Retry-After": "30"}) from None
-    state.update(job_id, launcher=json.dumps({"launcher": launcher.name, "ref": ref}))
-    return job_id
+        if conn.set(claim, value, nx=True, ex=IDEMPOTENCY_TTL_S):
+            return claim, None
+        earlier = json.loads(conn.get(claim) or value)
+    except redis.RedisError:
+        raise ApiError("Redis is unavailable; try again", status_code=503,
+                       headers={"Retry-After": "5"}) from None
+    if earlier["spec"] != digest:
+        raise Conflict("this Idempotency-Key was used for a different job spec")
+    return claim, earlier["job_id"]
+
+
+def _forget_submission(conn: redis.Redis, state: JobState, run, claim: str | None) -> None:
+    """Undo a failed submission, as far as each store answers."""
+    shutil.rmtree(run.root, ignore_errors=True)
+    with contextlib.suppress(redis.RedisError):
+        state.delete(run.job_id)
+        if claim is not None:
+            conn.delete(claim)
 
 
 def _resource_problems(job_spec: JobSpec, layout: Layout, dataset_dir: Path,

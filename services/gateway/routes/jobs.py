@@ -40,8 +40,11 @@ SSE_POLL_MS = 1000
                         503: {"model": ErrorBody}})
 def submit_job(request: Request, layout: LayoutDep, state: JobStateDep, launcher: LauncherDep,
                conn: RedisDep, settings: SettingsDep,
-               spec: Annotated[dict[str, Any], Body(description="A job spec (incept.spec.JobSpec).")]):
-    job_id = service.submit_job(layout, state, launcher, conn, settings, spec)
+               spec: Annotated[dict[str, Any], Body(description="A job spec (incept.spec.JobSpec).")],
+               idempotency_key: Annotated[str | None, Header(
+                   max_length=200, description="A retry with the same key and spec returns the "
+                   "same job (for 24 h) instead of training it twice.")] = None):
+    job_id = service.submit_job(layout, state, launcher, conn, settings, spec, idempotency_key)
     return JobCreated(job_id=job_id, url=str(request.url_for("get_job", job_id=job_id)),
                       state="queued")
 
