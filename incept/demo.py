@@ -74,15 +74,9 @@ def _class_root(path: Path) -> Path:
 def _try_download(what: str, dest: Path, console: Console) -> Path | None:
     """Download the flowers archive or the Inception v4 checkpoint with
     ``incept.data.download``; None (and a note why) if that is not possible."""
-    try:
-        from incept.data import download
-    except ImportError:
-        console.print(f"  (no downloader available for {what})")
-        return None
-    fn = {"flowers": getattr(download, "download_flowers", None),
-          "checkpoint": getattr(download, "download_inception_v4", None)}[what]
-    if fn is None:
-        return None
+    from incept.data.download import download_flowers, download_inception_v4
+
+    fn = {"flowers": download_flowers, "checkpoint": download_inception_v4}[what]
     try:
         return Path(fn(dest))
     except Exception as e:  # offline, blocked, truncated: fall back, say why

@@ -3,8 +3,8 @@ Redis outage never stalls or stops training.
 
 It carries: the job hash (latest fields win), events (state and checkpoint
 events kept; progress events dropped when too many pile up), eval requests
-(kept until Redis accepts them: rq job ids ``eval.<job>.<step>`` make a retry
-a no-op) and the cancel flag (polled). While Redis is down it retries with
+(kept until Redis accepts them: the rq job id ``eval-<job>-<step>``, from
+``incept.queues.eval_request_id``, makes a retry a no-op) and the cancel flag (polled). While Redis is down it retries with
 exponential backoff; unsent eval requests at exit are logged: the evaluator's
 reconciler finds checkpoints that never got one."""
 

@@ -11,7 +11,6 @@ import sys
 import time
 
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 from incept.fsutil import write_json_atomic
 from incept.layout import RunLayout
@@ -20,28 +19,14 @@ from incept.training.redis_link import RedisLink
 log = logging.getLogger("incept.trainer")
 
 
-def _plugin(name: str) -> bytes:
-    meta = summary_pb2.SummaryMetadata()
-    meta.plugin_data.plugin_name = name
-    return meta.SerializeToString()
-
-
-# TensorBoard's scalar and image formats written with core ops (tf.summary.write):
-# TensorFlow 2.21 no longer ships the tensorboard package that tf.summary.scalar needs.
-_SCALARS, _IMAGES = _plugin("scalars"), _plugin("images")
-
-
 def write_scalar(tag: str, value: float, step: int) -> None:
-    tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step, metadata=_SCALARS)
+    tf.summary.scalar(tag, float(value), step=step)
 
 
 def write_images(tag: str, images, step: int) -> None:
     """``images`` float [N, H, W, 3] in [0, 1]."""
-    images = tf.image.convert_image_dtype(tf.clip_by_value(images, 0.0, 1.0), tf.uint8)
-    h, w = int(images.shape[1]), int(images.shape[2])
-    pngs = [tf.io.encode_png(img) for img in images]
-    tensor = tf.stack([tf.constant(str(w)), tf.constant(str(h)), *pngs])
-    tf.summary.write(tag, tensor, step=step, metadata=_IMAGES)
+    tf.summary.image(tag, tf.clip_by_value(images, 0.0, 1.0), step=step,
+                     max_outputs=images.shape[0] or 3)
 
 
 class Reporter:
