@@ -11,8 +11,9 @@ polls each base path for new versions. Installed as ``incept-tfserving-config``:
     incept-tfserving-config write            write once (an init container)
     incept-tfserving-config watch            rewrite on change until SIGTERM (a sidecar)
     incept-tfserving-config ready [--rest URL]
-        the config exists and parses; with --rest, every model in it has an
-        AVAILABLE version in TF Serving (the pod's readiness on model status)
+        the config exists and parses; with --rest, TF Serving serves what it
+        can: some model in it has an AVAILABLE version (the broken ones are
+        named on stderr), or none is configured yet
 """
 
 from __future__ import annotations
@@ -77,23 +78,40 @@ def read(out: Path) -> pb.ModelServerConfig:
     return text_format.Parse(out.read_text(), pb.ModelServerConfig())
 
 
-def ready(out: Path, rest: str | None, timeout: float = 3.0) -> str | None:
+def ready(out: Path, rest: str | None, timeout: float = 3.0) -> tuple[str | None, list[str]]:
+    """(why TF Serving is not ready, or None; the models it cannot serve).
+
+    Ready means serving what it can: one model that fails to load (a broken
+    export, a version TF Serving refuses) must not take every other model out of
+    the Service, so the pod is ready while at least one configured model has an
+    AVAILABLE version (or none is configured yet), and the broken ones are named."""
     try:
         config = read(out)
     except (OSError, text_format.ParseError) as e:
-        return f"no usable model config at {out}: {e}"
+        return f"no usable model config at {out}: {e}", []
     if rest is None:
+        return None, []
+    models = [m.name for m in config.model_config_list.config]
+    broken = [p for p in (_model_problem(rest, name, timeout) for name in models) if p]
+    if models and len(broken) == len(models):
+        return "no model is served: " + "; ".join(broken), broken
+    return None, broken
+
+
+def _model_problem(rest: str, name: str, timeout: float) -> str | None:
+    url = f"{rest.rstrip('/')}/v1/models/{name}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (local URL)
+            status = json.load(response).get("model_version_status", [])
+    except Exception as e:
+        return f"model {name!r}: {url}: {type(e).__name__}: {e}"
+    if any(v.get("state") == "AVAILABLE" for v in status):
         return None
-    for model in config.model_config_list.config:
-        url = f"{rest.rstrip('/')}/v1/models/{model.name}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (local URL)
-                status = json.load(response).get("model_version_status", [])
-        except Exception as e:
-            return f"{url}: {type(e).__name__}: {e}"
-        if not any(v.get("state") == "AVAILABLE" for v in status):
-            return f"model {model.name!r} has no AVAILABLE version yet"
-    return None
+    why = "; ".join(f"version {v.get('version')} {v.get('state')}"
+                    + (f" ({v['status']['error_message']})"
+                       if (v.get("status") or {}).get("error_message") else "")
+                    for v in status)
+    return f"model {name!r} has no AVAILABLE version ({why or 'none loaded'})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     models_root = Settings().layout.models
 
     if args.command == "ready":
-        problem = ready(out, args.rest)
+        problem, broken = ready(out, args.rest)
         if problem:
             print(f"not ready: {problem}", file=sys.stderr)
             return 1
+        if broken:  # still ready: the probe's output shows in `kubectl describe pod`
+            print("serving what it can; not served: " + "; ".join(broken), file=sys.stderr)
         return 0
     if args.command == "write":
         write(out, models_root)

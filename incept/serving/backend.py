@@ -58,10 +58,12 @@ class PredictionBackend(ABC):
         """The served version's signatures; raises ModelNotFound, BackendUnavailable."""
 
     async def ready(self, models: list[str]) -> tuple[bool, str]:
-        """Whether the backend answers and serves at least one of ``models``, and why not."""
+        """Whether the backend answers and serves at least one of ``models`` (serving
+        what it can: one broken model does not take the others offline), and what
+        it serves and cannot serve."""
         if not models:
             return False, "no model exported yet"
-        problems = []
+        served, problems = [], []
         for model in models:
             try:
                 status = await self.model_status(model)
@@ -69,6 +71,10 @@ class PredictionBackend(ABC):
                 problems.append(f"{model}: {e.message}")
                 continue
             if any(v.state == "AVAILABLE" for v in status.versions):
-                return True, f"{self.name} backend serves {model!r}"
-            problems.append(f"{model}: no AVAILABLE version")
-        return False, "; ".join(problems)
+                served.append(model)
+            else:
+                problems.append(f"{model}: no AVAILABLE version")
+        if not served:
+            return False, "; ".join(problems)
+        why = f"{self.name} backend serves {', '.join(map(repr, served))}"
+        return True, why + (f"; not served: {'; '.join(problems)}" if problems else "")

@@ -78,6 +78,10 @@ class FakeModelStatus(http.server.BaseHTTPRequestHandler):
         if name not in self.states:
             body = {"error": f"Servable not found for request: Latest({name})"}
             self.send_response(404)
+        elif self.states[name] == "END":  # what TF Serving reports for a version it could not load
+            body = {"model_version_status": [{"version": "3", "state": "END", "status": {
+                "error_code": "INVALID_ARGUMENT", "error_message": "SavedModel is broken"}}]}
+            self.send_response(200)
         else:
             body = {"model_version_status": [{"version": "3", "state": self.states[name],
                                               "status": {"error_code": "OK", "error_message": ""}}]}
@@ -110,7 +114,7 @@ def test_ready_follows_the_model_status(data_root, tfserving_rest):
     assert not_loaded.returncode == 1 and "404" in not_loaded.stderr
     states["flowers"] = "LOADING"
     loading = run("ready", "--rest", url, data_root=data_root)
-    assert loading.returncode == 1 and "no AVAILABLE version" in loading.stderr
+    assert loading.returncode == 1 and "no AVAILABLE version (version 3 LOADING)" in loading.stderr
     states["flowers"] = "AVAILABLE"
     assert run("ready", "--rest", url, data_root=data_root).returncode == 0
 
@@ -121,3 +125,20 @@ def test_ready_with_no_model_configured_yet(tmp_path, tfserving_rest):
     assert run("write", data_root=tmp_path).returncode == 0
     assert parsed(tmp_path / "serving/models.config") == {}
     assert run("ready", "--rest", url, data_root=tmp_path).returncode == 0
+
+
+def test_one_broken_model_does_not_take_the_others_offline(data_root, tfserving_rest):
+    """Serving what it can: ready while some model is AVAILABLE, the broken one named."""
+    url, states = tfserving_rest
+    (data_root / "models" / "broken" / "1").mkdir(parents=True)
+    (data_root / "models" / "loading" / "1").mkdir(parents=True)
+    run("write", data_root=data_root)
+    assert set(parsed(data_root / "serving/models.config")) == {"flowers", "broken", "loading"}
+    states.update(flowers="AVAILABLE", broken="END", loading="LOADING")
+    partial = run("ready", "--rest", url, data_root=data_root)
+    assert partial.returncode == 0, partial.stderr
+    assert "not served: model 'broken' has no AVAILABLE version (version 3 END (SavedModel is broken))" in partial.stderr
+    assert "model 'loading'" in partial.stderr and "flowers" not in partial.stderr
+    states["flowers"] = "END"
+    none = run("ready", "--rest", url, data_root=data_root)
+    assert none.returncode == 1 and "not ready: no model is served" in none.stderr

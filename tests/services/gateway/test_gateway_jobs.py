@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -398,6 +399,26 @@ def test_health(client, make_gateway, layout):
         _finished_job(layout)
         jobs = c.get("/v1/jobs", headers={"Authorization": f"Bearer {TOKEN}"})
         assert jobs.status_code == 200 and len(jobs.json()["jobs"]) == 1
+
+
+def test_ready_while_serving_what_it_can(make_gateway, layout):
+    """One model that cannot load (a broken export) does not take the others offline;
+    readiness names it."""
+    import httpx
+
+    gw = make_gateway()
+    (layout.models / "broken" / "1").mkdir(parents=True)
+    (layout.models / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    with httpx.Client(base_url=gw.url, timeout=60) as c:
+        deadline = time.monotonic() + 60
+        while not ("broken" in (body := c.get("/readyz").json())["checks"]["backend"]
+                   and "'strict'" in body["checks"]["backend"]):  # both others loaded
+            assert time.monotonic() < deadline, body
+            time.sleep(0.5)
+        r = c.get("/readyz")
+        assert r.status_code == 200, r.text
+        backend = r.json()["checks"]["backend"]
+        assert "serves 'flowers', 'strict'" in backend and "not served: broken" in backend
 
 
 def test_page_and_metrics(client):
