@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import connect_sse
 
 from incept.errors import UserError
 
@@ -179,27 +180,20 @@ class GatewayClient:
         last = after
         down_since: float | None = None
         while True:
-            headers = {"Accept": "text/event-stream"}
-            if last:
-                headers["Last-Event-ID"] = last
+            headers = {"Last-Event-ID": last} if last else {}
             try:
-                with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                                      timeout=httpx.Timeout(30.0, read=None)) as response:
-                    if response.status_code != 200:
-                        response.read()
-                        raise GatewayError(f"events of {job_id}: {response.status_code} "
-                                           f"{_detail(response)}", response.status_code)
-
-                    def lines(response=response):
-                        # The stream is up once the gateway sends something (keep-alives
-                        # included): a gateway that answers and then fails is still down.
-                        nonlocal down_since
-                        for line in response.iter_lines():
-                            if line and not line.startswith("retry:"):
-                                down_since = None
-                            yield line
-
-                    for event in _parse_sse(lines()):
+                with connect_sse(self.http, "GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                 timeout=httpx.Timeout(30.0, read=None)) as source:
+                    if source.response.status_code != 200:
+                        source.response.read()
+                        raise GatewayError(f"events of {job_id}: {source.response.status_code} "
+                                           f"{_detail(source.response)}",
+                                           source.response.status_code)
+                    down_since = None  # the gateway answers with the stream: it is up
+                    for sse in source.iter_sse():
+                        if not sse.data:
+                            continue  # the reconnection delay, not an event
+                        event = Event(sse.id or None, sse.event, _json_or_text(sse.data))
                         if event.id:
                             last = event.id
                         yield event
@@ -215,29 +209,8 @@ class GatewayClient:
             time.sleep(1.0)
 
 
-def _parse_sse(lines: Iterator[str]) -> Iterator[Event]:
-    """Server-sent events (the WHATWG format): fields until a blank line."""
-    eid, kind, data = None, "message", []
-    for line in lines:
-        if not line:
-            if data:
-                text = "\n".join(data)
-                try:
-                    payload = json.loads(text)
-                except json.JSONDecodeError:
-                    payload = text
-                if isinstance(payload, dict) and kind == "message" and "type" in payload:
-                    kind, payload = payload["type"], payload.get("data", payload)
-                yield Event(eid, kind, payload)
-            eid, kind, data = None, "message", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            kind = value
-        elif name == "id":
-            eid = value
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text

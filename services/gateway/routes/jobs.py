@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Body, Header, Request
-from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
 from incept.jobstate import STREAM_MAXLEN, TERMINAL_STATES
@@ -33,6 +33,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], dependencies=Authorized,
 log = logging.getLogger(__name__)
 
 SSE_POLL_MS = 1000
+_KEEP_ALIVE = ServerSentEvent(comment="keep-alive")
+_NO_PING_S = 24 * 3600
 
 
 @router.post("", status_code=202, response_model=JobCreated,
@@ -65,7 +67,7 @@ def cancel_job(job_id: JobId, layout: LayoutDep, state: JobStateDep, launcher: L
     return service.cancel_job(layout, state, launcher, job_id)
 
 
-@router.get("/{job_id}/events", response_class=StreamingResponse,
+@router.get("/{job_id}/events", response_class=EventSourceResponse,
             responses={200: {"content": {"text/event-stream": {}},
                              "description": "Server-sent events: state, progress, checkpoint, "
                                             "eval, export, error; once training is over, waiting "
@@ -82,7 +84,7 @@ async def job_events(job_id: JobId, request: Request, layout: LayoutDep, state: 
 
     async def stream():
         nonlocal after
-        yield "retry: 2000\n\n"
+        yield ServerSentEvent(retry=2000)
         final_state: str | None = None  # set once training is over
         announced: set[tuple[str, int]] | None = None  # (kind, step) of outcome events sent so far
         waiting: list[int] | None = None
@@ -90,12 +92,12 @@ async def job_events(job_id: JobId, request: Request, layout: LayoutDep, state: 
             try:
                 events = await run_in_threadpool(state.events, job_id, after, SSE_POLL_MS)
             except redis.RedisError:
-                yield "event: error\ndata: {\"error\": \"redis unavailable\"}\n\n"
+                yield ServerSentEvent(json.dumps({"error": "redis unavailable"}), event="error")
                 await asyncio.sleep(2)
                 continue
             for eid, kind, data in events:
                 after = eid
-                yield f"id: {eid}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"
+                yield ServerSentEvent(json.dumps(data), event=kind, id=eid)
                 if kind == "state":
                     final_state = data.get("state") if data.get("state") in TERMINAL_STATES else None
                 if announced is not None:
@@ -115,20 +117,20 @@ async def job_events(job_id: JobId, request: Request, layout: LayoutDep, state: 
                                                                announced)
                 except (OSError, redis.RedisError) as e:  # look again on the next round
                     log.warning("job %s: cannot check its evaluations: %s", job_id, e)
-                    yield ": keep-alive\n\n"
+                    yield _KEEP_ALIVE
                     continue
                 if not pending:
-                    yield f"event: end\ndata: {json.dumps({'state': final_state, **settled})}\n\n"
+                    yield ServerSentEvent(json.dumps({"state": final_state, **settled}), event="end")
                     return
                 if pending != waiting:
                     waiting = pending
                     body = {"state": final_state, "pending_evaluations": pending}
-                    yield f"event: waiting\ndata: {json.dumps(body)}\n\n"
+                    yield ServerSentEvent(json.dumps(body), event="waiting")
                     continue
-            yield ": keep-alive\n\n"
+            yield _KEEP_ALIVE
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    # The stream sends its own keep-alive every poll round, so no extra pings.
+    return EventSourceResponse(stream(), sep="\n", ping=_NO_PING_S)
 
 
 _STREAM_ID_MAX = 2**64 - 1
