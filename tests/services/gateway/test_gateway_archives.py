@@ -84,3 +84,72 @@ def test_damaged_archives(tmp_path):
     junk.write_bytes(b"hello world")
     with pytest.raises(ArchiveError, match="not a zip or tar"):
         extract_archive(junk, tmp_path / "out")
+
+
+def _many_dirs_zip(tmp_path, n: int):
+    path = tmp_path / "dirs.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(n):
+            zf.writestr(f"a/d{i}/", b"")
+        zf.writestr("a/1.jpg", b"x")
+    return path
+
+
+def test_folders_count_as_entries(tmp_path):
+    with pytest.raises(ArchiveError, match="has 51 entries; the limit is 10"):
+        extract_archive(_many_dirs_zip(tmp_path, 50), tmp_path / "out", Limits(max_files=10))
+    tar = _tar(tmp_path, [(f"a/d{i}/", tarfile.DIRTYPE, None) for i in range(50)]
+               + [("a/1.jpg", tarfile.REGTYPE, b"x")])
+    with pytest.raises(ArchiveError, match="more than 10 entries"):
+        extract_archive(tar, tmp_path / "out", Limits(max_files=10))
+    assert not (tmp_path / "out").exists()
+
+
+def _set_eocd_entries(path, count: int) -> None:
+    data = bytearray(path.read_bytes())
+    eocd = data.rfind(b"PK\x05\x06")
+    data[eocd + 8:eocd + 12] = count.to_bytes(2, "little") * 2
+    path.write_bytes(bytes(data))
+
+
+def test_a_zip_is_counted_before_its_central_directory_is_read(tmp_path, monkeypatch):
+    """The end record's count refuses a flood before zipfile builds anything, and a
+    record that lies about it is caught by counting the headers themselves."""
+    built = []
+    monkeypatch.setattr(zipfile.ZipFile, "_RealGetContents",
+                        lambda self: built.append(self) or pytest.fail("directory read"))
+    claims_many = _many_dirs_zip(tmp_path, 50)
+    _set_eocd_entries(claims_many, 65000)
+    with pytest.raises(ArchiveError, match="has 65000 entries"):
+        extract_archive(claims_many, tmp_path / "out", Limits(max_files=100))
+    lies = _many_dirs_zip(tmp_path, 50)
+    _set_eocd_entries(lies, 3)
+    with pytest.raises(ArchiveError, match="more than 10 entries"):
+        extract_archive(lies, tmp_path / "out", Limits(max_files=10))
+    assert not built
+
+
+def test_zip64_end_records_are_read(tmp_path):
+    path = tmp_path / "z64.zip"
+    with zipfile.ZipFile(path, "w") as zf:  # over 65535 entries: Zip64 end records
+        for i in range(65_600):
+            zf.writestr(f"a/{i}", b"")
+    with pytest.raises(ArchiveError, match="has 65600 entries; the limit is 65599"):
+        extract_archive(path, tmp_path / "out", Limits(max_files=65_599))
+
+
+def test_a_tar_is_read_without_keeping_its_members(tmp_path, monkeypatch):
+    """tarfile appends every member it reads to ``members``: a tar of millions of
+    entries would be a list of millions of TarInfo objects."""
+    kept = []
+    real_next = tarfile.TarFile.next
+
+    def next_member(self):
+        kept.append(len(self.members))
+        return real_next(self)
+
+    monkeypatch.setattr(tarfile.TarFile, "next", next_member)
+    tar = _tar(tmp_path, [(f"a/d{i}/", tarfile.DIRTYPE, None) for i in range(2000)]
+               + [("a/1.jpg", tarfile.REGTYPE, b"x")], mode="w")
+    assert extract_archive(tar, tmp_path / "out", Limits(max_files=5000)).files == 1
+    assert len(kept) > 2000 and max(kept) <= 1
