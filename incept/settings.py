@@ -60,9 +60,17 @@ class Settings(BaseSettings):
         100_000_000, ge=1, description="Pixels being decoded at once by all prediction requests of a gateway; "
         "a request waits for room up to backend_timeout_s, then 503.")
     max_upload_bytes: int = Field(2 * 1024**3, description="Largest dataset archive upload.")
-    max_archive_files: int = Field(100_000, description="Most files in a dataset archive.")
+    max_archive_files: int = Field(100_000, description="Most entries (files and folders) in a dataset archive.")
     max_unpacked_bytes: int = Field(8 * 1024**3, description="Largest unpacked size of a dataset archive.")
     max_compression_ratio: float = Field(200.0, description="Highest unpacked/packed ratio of an archive (zip bombs).")
+    max_concurrent_uploads: int = Field(2, ge=1, description="Dataset uploads one gateway receives at once (429 beyond).")
+    min_free_bytes: int = Field(
+        1024**3, ge=0, description="Free space the data volume keeps: uploads are refused (507) below it; /readyz reports it.")
+    metrics_public: bool = Field(
+        True, description="Serve /metrics without a token (Prometheus scrapers); false: only with a bearer token.")
+    api_docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json (false: 404).")
+    readyz_details_public: bool = Field(
+        False, description="/readyz shows the reasons behind its checks (error text, free bytes) without a token.")
 
     # CLI client (incept submit/status/watch/predict); default: the local stack's state file.
     gateway_url: str | None = Field(None, description="Gateway the CLI client talks to.")

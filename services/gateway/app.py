@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from incept.errors import ApiError, UserError
@@ -20,11 +21,13 @@ from incept.queues import connect
 from incept.serving.backend import PredictionBackend
 from incept.settings import Settings
 from incept.spec import SpecError
+from services.gateway.deps import Authorized
 from services.gateway.images import PixelBudget
 from services.gateway.launchers.base import Launcher
 from services.gateway.metrics import GatewayMetrics, PlatformCollector
 from services.gateway.routes import classify, datasets, health, jobs, models, page, schemas, v2
 from services.gateway.routes.page import STATIC_DIR
+from services.gateway.uploads import UploadSlots, clean_stale_uploads
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +183,10 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.layout.ensure()
+        try:  # what a crashed gateway or worker left behind; never a reason not to start
+            await run_in_threadpool(clean_stale_uploads, app.state.layout, app.state.redis)
+        except Exception as e:
+            log.warning("uploads/ not cleaned: %s", e)
         await app.state.backend.start()
         oip_grpc = None
         if settings.oip_grpc_port:
@@ -199,11 +206,13 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
         version="1",
         description="Submit fine-tuning jobs, upload datasets, follow training, classify images.",
         lifespan=lifespan,
+        **({} if settings.api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
     app.state.settings = settings
     app.state.layout = settings.layout
     app.state.metrics = metrics
     app.state.pixel_budget = PixelBudget(settings.max_inflight_pixels)
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     app.state.redis = connect(settings.redis_url)
     app.state.backend = backend or make_backend(settings, metrics)
     metrics.registry.register(PlatformCollector(JobState(app.state.redis), settings.layout))
@@ -225,5 +234,6 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app).expose(
-        app, endpoint="/metrics", include_in_schema=False)
+        app, endpoint="/metrics", include_in_schema=False,
+        dependencies=[] if settings.metrics_public else Authorized)
     return app

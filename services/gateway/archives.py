@@ -36,6 +36,7 @@ class ExtractReport:
     files: int
     unpacked_bytes: int
     root: Path  # the folder holding the class folders
+    extracted: Path  # the folder it was all unpacked into (root or above it)
 
 
 @dataclass
@@ -245,4 +246,5 @@ def extract_archive(archive: Path, dest: Path, limits: Limits | None = None) -> 
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
-    return ExtractReport(files=budget.files, unpacked_bytes=budget.bytes, root=class_root)
+    return ExtractReport(files=budget.files, unpacked_bytes=budget.bytes, root=class_root,
+                         extracted=dest)

@@ -74,6 +74,19 @@ def _check_token(settings: Settings, credentials: HTTPAuthorizationCredentials |
         raise ApiError("invalid token", status_code=401, headers=challenge)
 
 
+def token_is_valid(request: Request, settings: Settings) -> bool:
+    """Whether the request carries a valid bearer token (for routes that answer
+    everyone, but say more to token holders)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    try:
+        _check_token(settings, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token))
+    except ApiError:
+        return False
+    return True
+
+
 async def require_token(settings: Annotated[Settings, Depends(get_settings)],
                   credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     _check_token(settings, credentials)

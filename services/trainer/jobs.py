@@ -39,7 +39,20 @@ def convert_dataset(name: str, source_dir: str) -> dict:
         out = layout.dataset(name)
     except ValueError as e:
         raise UserError(str(e)) from None
-    return convert(src, out, progress=_conversion_progress()).to_dict()
+    try:
+        return convert(src, out, progress=_conversion_progress()).to_dict()
+    finally:
+        _remove_upload(layout, src)
+
+
+def _remove_upload(layout, src) -> None:
+    """An upload's unpacked folder is used once: converted or not, it goes (an
+    upload may be GBs; a failed one is uploaded again)."""
+    import shutil
+
+    uploads = layout.uploads.resolve()
+    if uploads in src.parents:
+        shutil.rmtree(uploads / src.relative_to(uploads).parts[0], ignore_errors=True)
 
 
 def _conversion_progress():

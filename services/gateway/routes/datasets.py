@@ -13,8 +13,8 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from incept.queues import enqueue_conversion
-from services.gateway import service
-from services.gateway.archives import Limits, extract_archive
+from services.gateway import service, uploads
+from services.gateway.archives import ExtractReport, Limits, extract_archive
 from services.gateway.deps import (
     Authorized,
     DatasetName,
@@ -23,7 +23,7 @@ from services.gateway.deps import (
     RedisDep,
     SettingsDep,
 )
-from services.gateway.errors import ApiError, Conflict, NotFound, TooLarge
+from services.gateway.errors import ApiError, Conflict, NotFound
 from services.gateway.schemas import DatasetAccepted, DatasetInfoOut, DatasetList, ErrorBody
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=Authorized,
@@ -82,23 +82,37 @@ async def upload_dataset(
                        status_code=415)
     if layout.dataset(name).exists():
         raise Conflict(f"dataset {name!r} already exists")
-    state, _ = await run_in_threadpool(service.conversion_state, conn, name)
-    if state == "converting":
-        raise Conflict(f"dataset {name!r} is already being converted")
+    with request.app.state.upload_slots.slot():
+        await run_in_threadpool(uploads.check_free_space, layout, settings)
+        # The name is claimed before the body is read: of two uploads of one
+        # name exactly one is received and converted, the other is a 409.
+        claim = await run_in_threadpool(uploads.claim_name, conn, name)
+        try:
+            state, _ = await run_in_threadpool(service.conversion_state, conn, name)
+            if state == "converting":
+                raise Conflict(f"dataset {name!r} is already being converted")
+            report = await _receive_and_extract(request, layout, settings)
+            try:
+                await run_in_threadpool(enqueue_conversion, conn, name, str(report.root))
+            except redis.RedisError:
+                shutil.rmtree(report.extracted, ignore_errors=True)
+                raise ApiError("Redis is unavailable; try again", status_code=503,
+                               headers={"Retry-After": "5"}) from None
+        finally:
+            await run_in_threadpool(uploads.release_name, conn, name, claim)
+    return DatasetAccepted(name=name, state="converting", files=report.files,
+                           url=str(request.url_for("get_dataset", name=name)))
 
-    # Never a client-chosen file name: a random one under uploads/.
+
+async def _receive_and_extract(request: Request, layout, settings) -> ExtractReport:
+    """The body into uploads/<random>.archive (never a client-chosen name), then
+    unpacked next to it; the archive is always removed, the folder on failure."""
     layout.uploads.mkdir(parents=True, exist_ok=True)
     upload_id = uuid.uuid4().hex
     archive = layout.uploads / f"{upload_id}.archive"
     extracted = layout.uploads / upload_id
-    size = 0
     try:
-        with open(archive, "xb") as out:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > settings.max_upload_bytes:
-                    raise TooLarge(f"the upload is larger than {settings.max_upload_bytes} bytes")
-                out.write(chunk)
+        size = await uploads.receive(request.stream(), archive, settings.max_upload_bytes)
         if size == 0:
             raise ApiError("the request body is empty: send a zip or tar archive")
         limits = Limits(settings.max_archive_files, settings.max_unpacked_bytes,
@@ -110,11 +124,4 @@ async def upload_dataset(
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(archive)
-    try:
-        enqueue_conversion(conn, name, str(report.root))
-    except redis.RedisError:
-        shutil.rmtree(extracted, ignore_errors=True)
-        raise ApiError("Redis is unavailable; try again", status_code=503,
-                       headers={"Retry-After": "5"}) from None
-    return DatasetAccepted(name=name, state="converting", files=report.files,
-                           url=str(request.url_for("get_dataset", name=name)))
+    return report

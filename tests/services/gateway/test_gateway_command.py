@@ -37,6 +37,8 @@ def test_incept_gateway_serves(tmp_path, redis_url):
         r = httpx.get(f"http://127.0.0.1:{port}/v1/jobs", headers={"Authorization": "Bearer b"})
         assert r.status_code == 200 and r.json() == {"jobs": []}
         r = httpx.get(f"http://127.0.0.1:{port}/readyz")
+        assert r.status_code == 503 and r.json()["checks"]["backend"] == "not ready"
+        r = httpx.get(f"http://127.0.0.1:{port}/readyz", headers={"Authorization": "Bearer b"})
         assert r.status_code == 503 and r.json()["checks"]["backend"] == "no model exported yet"
     finally:
         proc.terminate()
