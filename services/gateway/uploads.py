@@ -18,7 +18,7 @@ import redis
 from starlette.concurrency import run_in_threadpool
 
 from incept.layout import Layout
-from incept.queues import DATASETS_QUEUE
+from incept.queues import DATASETS_QUEUE, SERIALIZER, rq_queue
 from incept.settings import Settings
 from services.gateway.errors import ApiError, Conflict, TooLarge
 
@@ -107,15 +107,15 @@ async def receive(chunks: AsyncIterator[bytes], archive: Path, limit: int) -> in
 
 def _pending_sources(conn: redis.Redis, uploads: Path) -> set[str]:
     """The uploads/ entries that queued or running conversions read from."""
-    from rq import Queue
     from rq.job import Job
     from rq.registry import StartedJobRegistry
 
-    queue = Queue(DATASETS_QUEUE, connection=conn)
+    queue = rq_queue(conn, DATASETS_QUEUE)
     ids = list(queue.job_ids) + StartedJobRegistry(queue=queue).get_job_ids()
     names = set()
-    for job in Job.fetch_many(ids, connection=conn):
-        with contextlib.suppress(Exception):  # a job whose payload cannot be read names nothing
+    # A job whose arguments cannot be read raises: then nothing is cleaned.
+    for job in Job.fetch_many(ids, connection=conn, serializer=SERIALIZER):
+        if job is not None:
             source = Path(job.args[1]).resolve()
             if uploads.resolve() in source.parents:
                 names.add(source.relative_to(uploads.resolve()).parts[0])
@@ -141,7 +141,7 @@ def clean_stale_uploads(layout: Layout, conn: redis.Redis) -> list[str]:
         return []
     try:
         keep = _pending_sources(conn, uploads)
-    except redis.RedisError as e:
+    except Exception as e:  # Redis down, a payload it cannot read: better keep everything
         log.warning("uploads/ not cleaned: cannot list pending conversions (%s)", e)
         return []
     removed = []
