@@ -348,6 +348,7 @@ def run_demo(url: str, token: str | None, root: Path, plan: DemoPlan,
                           f"{spec.get('max_steps') or str(spec.get('epochs')) + ' epochs'}) — "
                           f"{url}/v1/jobs/{job_id}")
         else:
+            assert job_id is not None  # a remembered job was found
             console.print(f"following the demo job [bold]{job_id}[/] from the last run "
                           f"(state {job.get('state')}, step {job.get('step')})")
         watch(client, job_id, console=console)

@@ -34,7 +34,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import tensorflow as tf
@@ -42,6 +42,9 @@ import tensorflow as tf
 from incept import __version__
 from incept.fsutil import atomic_directory, fsync_dir
 from incept.layout import list_versions
+
+if TYPE_CHECKING:
+    from incept.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +111,9 @@ def build_archive(model: keras.Model, class_names: Sequence[str], *, image_size:
 MANIFEST_METRICS = ("accuracy", "recall_at_5", "loss", "ece", "num_images")
 
 
-def build_manifest(model_name: str, job_id: str, step: int, spec, *, ema: bool,
-                   dataset_fingerprint: str | None = None, metrics: dict | None = None,
-                   ood_calibration: dict | None = None) -> dict:
+def build_manifest(model_name: str, job_id: str, step: int, spec: JobSpec, *, ema: bool,
+                   dataset_fingerprint: str | None = None, metrics: dict[str, Any] | None = None,
+                   ood_calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a version's manifest says of where it came from (the evaluator's
     exports and ``incept export`` alike); ``export_model`` adds the serving facts."""
     manifest = {"model_name": model_name, "job_id": job_id, "step": int(step),

@@ -72,7 +72,7 @@ def _exchange(a: Path, b: Path) -> bool:
     fn = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None)
     if fn is None:
         return False
-    return fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+    return bool(fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0)
 
 
 def replace_directory(new: Path, target: Path) -> None:

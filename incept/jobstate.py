@@ -131,7 +131,7 @@ def _job_keys(job_id: str) -> tuple[str, ...]:
     return (_job_key(job_id), _events_key(job_id), _recorded_key(job_id), _cancel_key(job_id))
 
 
-def _expire_finished(pipe, job_id: str) -> None:
+def _expire_finished(pipe: redis.client.Pipeline, job_id: str) -> None:
     for key in _job_keys(job_id):
         pipe.expire(key, FINISHED_JOB_TTL_S)
 

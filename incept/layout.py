@@ -81,7 +81,7 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def eval_rank(result: dict) -> tuple:
+def eval_rank(result: dict[str, Any]) -> tuple[float, float, int]:
     """How evaluation results compare: the highest accuracy, then the lowest
     loss, then the earliest step (it was exported first)."""
     loss = result.get("loss")
@@ -89,7 +89,7 @@ def eval_rank(result: dict) -> tuple:
     return (result["accuracy"], -loss, -result["step"])
 
 
-def best_of(results: list[dict]) -> dict | None:
+def best_of(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The best of evaluation results by ``eval_rank`` (None: none has an accuracy)."""
     scored = [r for r in results
               if isinstance(r.get("accuracy"), int | float) and isinstance(r.get("step"), int)]
@@ -153,12 +153,12 @@ class RunLayout:
     def eval_error(self, step: int) -> Path:
         return self.eval_dir / f"{int(step)}.error.json"
 
-    def read_eval(self, step: int) -> dict | None:
+    def read_eval(self, step: int) -> dict[str, Any] | None:
         """The evaluation result of ``step``, or None (none, or not readable yet)."""
         record = _read_json(self.eval_result(step))
         return record if isinstance(record, dict) else None
 
-    def read_eval_error(self, step: int) -> dict | None:
+    def read_eval_error(self, step: int) -> dict[str, Any] | None:
         record = _read_json(self.eval_error(step))
         return record if isinstance(record, dict) else None
 
@@ -174,13 +174,13 @@ class RunLayout:
         return {int(p.name.split(".")[0]) for p in self.eval_dir.glob("*.error.json")
                 if p.name.split(".")[0].isdigit()}
 
-    def evaluations(self) -> list[dict]:
+    def evaluations(self) -> list[dict[str, Any]]:
         """Every evaluation result of the run, by step."""
         results = (self.read_eval(step) for step in self.evaluated_steps())
         return sorted((r for r in results if r is not None and isinstance(r.get("step"), int)),
                       key=lambda r: r["step"])
 
-    def best_evaluation(self) -> dict | None:
+    def best_evaluation(self) -> dict[str, Any] | None:
         return best_of(self.evaluations())
 
     @property

@@ -5,6 +5,7 @@ flags where they exist."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,7 @@ MAX_KEEP_CHECKPOINTS = 1000
 
 
 
-def under_scope(name: str, scopes) -> bool:
+def under_scope(name: str, scopes: Iterable[str]) -> bool:
     """slim's scope rule: ``name`` is one of ``scopes`` or lies below one
     (``A/B`` is under ``A``; ``AB`` is not). A trailing ``/`` on a scope is ignored."""
     return any(name == s or name.startswith(s + "/") for s in (x.rstrip("/") for x in scopes))

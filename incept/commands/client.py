@@ -58,12 +58,13 @@ def run_submit(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     import json
+    from typing import Any
 
     from rich.console import Console
 
     console = Console()
     with _client(args) as client:
-        data = client.job(args.job) if args.job else client.jobs()
+        data: Any = client.job(args.job) if args.job else client.jobs()
     if args.json:
         print(json.dumps(data, indent=2))
     elif args.job:

@@ -49,11 +49,12 @@ def _via_gateway(args, images: list[bytes]) -> dict:
 
 async def _via_tfserving(args, images: list[bytes]) -> dict:
     from incept.errors import ApiError
+    from incept.serving.backend import PredictionBackend
     from incept.serving.outputs import answer_json
 
     if args.grpc:
         from incept.serving.grpc import GrpcBackend
-        backend = GrpcBackend(args.grpc)
+        backend: PredictionBackend = GrpcBackend(args.grpc)
     else:
         from incept.serving.rest import RestBackend
         backend = RestBackend(args.rest)

@@ -213,7 +213,8 @@ def infer_response(model: str, version: int, request: InferRequest,
     """The response header and the binary data that follows it (empty without binary outputs)."""
     tensors, binary = [], []
     for name, array in select_outputs(outputs, request.outputs).items():
-        tensor = {"name": name, "datatype": datatype(array), "shape": list(np.shape(array))}
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype(array),
+                                  "shape": list(np.shape(array))}
         if name in request.binary_outputs or "*" in request.binary_outputs:
             raw = tensor_binary(array)
             tensor["parameters"] = {"binary_data_size": len(raw)}

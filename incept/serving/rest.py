@@ -38,6 +38,8 @@ class RestBackend(PredictionBackend):
             self.on_error(kind)
 
     async def _call(self, method: str, path: str, model: str, **kw) -> dict:
+        if self.client is None:
+            raise BackendUnavailable("the TF Serving REST client was not started")
         try:
             response = await self.client.request(method, path, **kw)
         except httpx.HTTPError as e:

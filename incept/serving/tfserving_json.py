@@ -177,7 +177,7 @@ def version_status(version: int, state: str, error: str = "") -> dict:
     return {"version": str(version), "state": state, "status": status}
 
 
-def signature_def_map(saved_model_dir: Path) -> dict:
+def signature_def_map(saved_model_dir: Path) -> dict[str, Any]:
     """The SavedModel's signatures as a JSON SignatureDefMap (proto field names,
     defaults printed), which is what TF Serving's metadata API returns."""
     from tensorflow.core.protobuf import saved_model_pb2

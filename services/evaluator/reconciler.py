@@ -20,15 +20,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from incept.layout import Layout
+from incept.layout import Layout, RunLayout
 from incept.queues import EVAL_QUEUE, enqueue_eval, eval_request_id, fetch_request, rq_queue
 from services.evaluator.locks import eval_lock_name, held_lock, is_locked, lock_ttl_s
 
+# A record reader of the run folder, and the publisher that sends that record to Redis.
+_Reader = Callable[[int], dict[str, Any] | None]
+_Publisher = Callable[[redis.Redis, RunLayout, dict[str, Any]], bool]
 log = logging.getLogger(__name__)
 
 RECONCILER_LOCK = "incept:lock:reconciler"
@@ -116,7 +121,8 @@ def republish(layout: Layout, conn: redis.Redis) -> list[tuple[str, int]]:
         if not evaluated and not failed:
             continue
         recorded = recorded_markers(conn, run.job_id)
-        todo = [(f"eval:{s}", s, run.read_eval, publish) for s in sorted(evaluated)]
+        todo: list[tuple[str, int, _Reader, _Publisher]] = [
+            (f"eval:{s}", s, run.read_eval, publish) for s in sorted(evaluated)]
         todo += [(f"error:{s}", s, run.read_eval_error, publish_failure)
                  for s in sorted(failed - evaluated)]
         for marker, step, read, publish_record in todo:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
@@ -75,7 +76,7 @@ def _error(status: int, detail: str, problems: list[str] | None = None,
     if speaks_protocol(path):
         message = detail + (": " + "; ".join(problems) if problems else "")
         return JSONResponse({"error": message}, status_code=status, headers=headers)
-    body = {"detail": detail}
+    body: dict[str, Any] = {"detail": detail}
     if problems:
         body["problems"] = problems
     return JSONResponse(body, status_code=status, headers=headers)

@@ -33,7 +33,7 @@ def disk_job_ids(layout: Layout) -> list[str]:
     return [run.job_id for run in layout.all_runs() if run.spec.exists()]
 
 
-def job_summary(layout: Layout, state: JobState, job_id: str, *, full: bool = False) -> dict | None:
+def job_summary(layout: Layout, state: JobState | None, job_id: str, *, full: bool = False) -> dict | None:
     run = layout.run(job_id)
     spec = _read_json(run.spec)
     status = _read_json(run.status)
@@ -70,8 +70,9 @@ def job_summary(layout: Layout, state: JobState, job_id: str, *, full: bool = Fa
         exported |= {e["exported_version"] for e in evals if isinstance(e.get("exported_version"), int)}
         merged["exported_versions"] = sorted(exported)
         if merged.get("latest_eval") is None and evals:
-            e = evals[-1]
-            merged["latest_eval"] = {k: e.get(k) for k in ("step", "accuracy", "recall_at_5", "loss")}
+            last = evals[-1]
+            merged["latest_eval"] = {k: last.get(k)
+                                     for k in ("step", "accuracy", "recall_at_5", "loss")}
     return merged
 
 

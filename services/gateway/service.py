@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import redis
 from rq.job import JobStatus
@@ -92,7 +93,8 @@ def dataset_info(layout: Layout, conn: redis.Redis, name: str) -> dict | None:
     state, error = conversion_state(conn, name)
     if state is None:
         return None
-    out = {"name": name, "state": "converting" if state == "ready" else state, "error": error}
+    out: dict[str, Any] = {"name": name, "state": "converting" if state == "ready" else state,
+                           "error": error}
     if out["state"] == "converting":
         out["progress"] = conversion_progress(conn, name)
     return out
@@ -240,7 +242,7 @@ def _resource_problems(job_spec: JobSpec, layout: Layout, dataset_dir: Path,
 def job_detail(layout: Layout, state: JobState, launcher: Launcher | None, job_id: str) -> dict:
     """The full job, with what the launcher (the cluster, or rq) says of it right now."""
     job = find_job(layout, state, job_id, full=True)
-    launched = job.get("launcher") if isinstance(job.get("launcher"), dict) else {}
+    launched: dict[str, Any] = job["launcher"] if isinstance(job.get("launcher"), dict) else {}
     if launcher is not None and job["state"] not in TERMINAL_STATES:
         try:
             launched = {**launched, **(launcher.status(job_id) or {})}

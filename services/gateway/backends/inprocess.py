@@ -15,9 +15,11 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from incept.errors import ApiError
 from incept.layout import Layout, list_versions
@@ -32,10 +34,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoadedModel:
     version: int
-    signature: object  # the concrete function ``serving_default``
+    signature: Callable[..., dict[str, Any]]  # the concrete function ``serving_default``
     holder: object  # keeps the loaded object (and its variables) alive
-    path: Path | None = None
-    signature_def: dict | None = None  # read from saved_model.pb when first asked
+    path: Path
+    signature_def: dict[str, Any] | None = None  # read from saved_model.pb when first asked
 
 
 @dataclass
@@ -183,8 +185,7 @@ class InProcessBackend(PredictionBackend):
 
         _, loaded = await self._served(model, version)
         if loaded.signature_def is None:
-            loaded.signature_def = await asyncio.get_running_loop().run_in_executor(
-                None, signature_def_map, loaded.path)
+            loaded.signature_def = await asyncio.to_thread(signature_def_map, loaded.path)
         return ModelMetadata(model, loaded.version, loaded.signature_def)
 
     # -- the model thread ----------------------------------------------------
@@ -221,6 +222,7 @@ class InProcessBackend(PredictionBackend):
         while (batch := self._next_batch(slot, concurrent)) is not None:
             concurrent = len(batch) > 1
             loaded = slot.current  # captured once: a swap mid-batch cannot split it
+            assert loaded is not None  # requests are queued only once a version is loaded
             try:
                 images = [img for req in batch for img in req.images]
                 if self.metrics:
@@ -276,7 +278,7 @@ class InProcessBackend(PredictionBackend):
         return ModelStatus(model, sorted(versions, key=lambda v: -v.version))
 
 
-def _settle(answers: list[tuple[asyncio.Future, object]]) -> None:
+def _settle(answers: Sequence[tuple[asyncio.Future, object]]) -> None:
     """Answer requests from the model thread with one wake-up of the event loop
     (every request of a backend comes from its app's loop); a request whose
     client went away meanwhile is skipped."""

@@ -5,6 +5,8 @@ client written for TF Serving works unchanged against the gateway."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -25,8 +27,8 @@ router = APIRouter(prefix="/v1/models", tags=["models (TF Serving REST API)"],
                    dependencies=PredictAuthorized,
                    responses={401: {"model": TFServingError}, 503: {"model": TFServingError}})
 
-_ERRORS = {400: {"model": TFServingError}, 404: {"model": TFServingError}}
-_PREDICT_ERRORS = {**_ERRORS, 413: {"model": TFServingError}}
+_ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": TFServingError}, 404: {"model": TFServingError}}
+_PREDICT_ERRORS: dict[int | str, dict[str, Any]] = {**_ERRORS, 413: {"model": TFServingError}}
 _PREDICT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/TFServingPredictRequest"}}}}}
 

@@ -5,6 +5,8 @@ authentication as ``:predict``; errors are ``{"error": ...}``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -28,14 +30,14 @@ protected = APIRouter(prefix="/v2", dependencies=PredictAuthorized,
                       responses={401: {"model": OipError}, 503: {"model": OipError}})
 
 
-_ERRORS = {400: {"model": OipError}, 404: {"model": OipError}}
+_ERRORS: dict[int | str, dict[str, Any]] = {400: {"model": OipError}, 404: {"model": OipError}}
 _INFER_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/OipInferRequest"}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary",
                                             "description": "JSON header, then binary tensor data "
                                                            f"({oip.HEADER_LENGTH})"}}}}}
-_NOT_READY = {400: {"model": OipReady, "description": "not ready"}}
-_MODEL_NOT_READY = {**_NOT_READY, 404: {"model": OipError}}
+_NOT_READY: dict[int | str, dict[str, Any]] = {400: {"model": OipReady, "description": "not ready"}}
+_MODEL_NOT_READY: dict[int | str, dict[str, Any]] = {**_NOT_READY, 404: {"model": OipError}}
 
 
 def _boolean(ok: bool, key: str) -> JSONResponse:
