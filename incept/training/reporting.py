@@ -83,17 +83,18 @@ class Reporter:
             self.link.update(step=step, max_steps=self.max_steps, epoch=epoch, loss=loss,
                              learning_rate=learning_rate, images_per_sec=images_per_sec, eta_s=eta_s)
             self.link.emit("progress", data)
-        with self.writer.as_default(step=step):
-            write_scalar("loss", loss, step)
-            write_scalar("learning_rate", learning_rate, step)
-            write_scalar("images_per_sec", images_per_sec, step)
-        self.writer.flush()
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                write_scalar("loss", loss, step)
+                write_scalar("learning_rate", learning_rate, step)
+                write_scalar("images_per_sec", images_per_sec, step)
+            self.writer.flush()
         if self._bar:
             self._bar.update(self._task, completed=step, info=f"loss {loss:.4f} lr {learning_rate:.2g}")
 
     def images(self, images) -> None:
         """A few training inputs (float in [-1, 1]) as TensorBoard images."""
-        if not self.chief:
+        if self.writer is None:  # only the chief writes summaries
             return
         with self.writer.as_default(step=0):
             write_images("inputs", (tf.cast(images[:4], tf.float32) + 1.0) / 2.0, 0)

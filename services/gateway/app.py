@@ -202,12 +202,14 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
             await app.state.backend.close()
             app.state.redis.close()
 
+    docs: dict[str, Any] = ({} if settings.api_docs
+                            else {"docs_url": None, "redoc_url": None, "openapi_url": None})
     app = FastAPI(
         title="incept gateway",
         version="1",
         description="Submit fine-tuning jobs, upload datasets, follow training, classify images.",
         lifespan=lifespan,
-        **({} if settings.api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
+        **docs,
     )
     app.state.settings = settings
     app.state.layout = settings.layout

@@ -21,6 +21,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, cast
 
 from incept.errors import UserError
 
@@ -190,7 +191,7 @@ def _extract_tar(path: Path, root: Path, budget: _Budget) -> None:
         # One member at a time: iterating a TarFile (or next()) appends every
         # member to tf.members, a list as long as the archive; it is cleared.
         while (member := tf.next()) is not None:
-            tf.members.clear()
+            cast(Any, tf).members.clear()  # an attribute typeshed does not declare
             budget.add_entry(member.isfile())
             rel = _safe_relpath(member.name)
             if member.issym() or member.islnk():
