@@ -95,6 +95,8 @@ class JobSpec(BaseModel):
     # Evaluation and export.
     bless_threshold: float | None = Field(None, ge=0, le=1,
                                           description="Export only checkpoints at least this accurate.")
+    replace: bool = Field(False, description="Blessed exports may replace a served version trained "
+                                             "on another dataset or class list (else they must beat it).")
 
     # Hardware.
     mixed_precision: bool | None = Field(None, description="Default: on when a GPU is present.")

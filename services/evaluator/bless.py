@@ -1,7 +1,9 @@
 """Bless and export: a checkpoint is blessed when it beats the job's best
-evaluated accuracy so far (and the spec's ``bless_threshold``, if set); a
-blessed checkpoint becomes a new SavedModel version under
-``models/<spec.serving_name()>/``.
+evaluated accuracy so far (and the spec's ``bless_threshold``, if set) and the
+version being served under ``models/<spec.serving_name()>/`` when the two are
+comparable (same dataset fingerprint and class list; otherwise only a spec with
+``replace: true`` replaces it); a blessed checkpoint becomes a new SavedModel
+version there, its manifest saying why (``export_reason``).
 
 Callers hold the job's bless lock (``locks.job_lock_name``) from reading the
 best-so-far until the result file is written, so two workers evaluating two
@@ -20,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from incept.export import build_manifest, export_model, read_manifest
+from incept.export import LABELS, build_manifest, export_model, read_manifest
 from incept.layout import Layout, RunLayout, list_versions
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,43 @@ def decide(accuracy: float, best: dict | None, threshold: float | None) -> tuple
     return True, f"accuracy {accuracy:.4f} beats {best['accuracy']:.4f} (step {best['step']})"
 
 
+def served_version(model_base: Path) -> tuple[int, dict, list[str]] | None:
+    """The version TF Serving serves (the newest), its manifest and class list."""
+    versions = list_versions(model_base)
+    if not versions:
+        return None
+    version_dir = model_base / str(versions[-1])
+    try:
+        manifest = read_manifest(version_dir)
+        classes = (version_dir / LABELS).read_text().splitlines()
+    except (OSError, json.JSONDecodeError):
+        manifest, classes = {}, []
+    return versions[-1], manifest, classes
+
+
+def against_served(accuracy: float, served: tuple[int, dict, list[str]] | None,
+                   fingerprint: str, class_names: list[str], replace: bool) -> tuple[bool, str]:
+    """A served model only gets better: compared with the served version when both
+    were evaluated on the same dataset (fingerprint) and class list; otherwise only
+    a spec with ``replace: true`` may take its place."""
+    if served is None:
+        return True, "no version served yet"
+    version, manifest, classes = served
+    comparable = (manifest.get("dataset_fingerprint") == fingerprint
+                  and list(classes) == list(class_names))
+    served_accuracy = (manifest.get("metrics") or {}).get("accuracy")
+    if comparable and isinstance(served_accuracy, int | float):
+        if accuracy <= served_accuracy:
+            return False, (f"accuracy {accuracy:.4f} does not beat served version {version} "
+                           f"({served_accuracy:.4f}, job {manifest.get('job_id')})")
+        return True, f"beats served version {version} ({served_accuracy:.4f})"
+    if replace:
+        return True, (f"replaces served version {version} (another dataset or class list; "
+                      "the spec says replace: true)")
+    return False, (f"served version {version} was trained on another dataset or class list: "
+                   "set replace: true in the spec to replace it")
+
+
 def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *,
                      open_set: tuple, keep_versions: int | None) -> Blessing:
     """``open_set``: the checkpoint's calibrated (OpenSetScore, record)."""
@@ -76,6 +115,13 @@ def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *,
         return Blessing(False, reason, model_name)
     model_base = layout.model(model_name)
     found = find_export(model_base, run.job_id, result["step"])
+    if found is None:
+        better, why = against_served(result["accuracy"], served_version(model_base),
+                                     result["dataset_fingerprint"], list(restored.class_names),
+                                     spec.replace)
+        if not better:
+            return Blessing(False, why, model_name)
+        reason = f"{reason}; {why}"
     if found is not None:
         version, manifest = found
         log.info("job %s step %d: already exported as %s version %d", run.job_id,
@@ -87,6 +133,7 @@ def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *,
                               ema=restored.ema_applied,
                               dataset_fingerprint=result["dataset_fingerprint"], metrics=result,
                               ood_calibration=calibration)
+    manifest["export_reason"] = reason
     exported = export_model(restored.model, restored.class_names, model_base,
                             image_size=result["image_size"], ood=ood, manifest=manifest,
                             keep=keep_versions)

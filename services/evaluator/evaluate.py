@@ -37,7 +37,7 @@ from incept.fsutil import write_json_atomic
 from incept.jobstate import record_once
 from incept.layout import Layout, RunLayout, eval_rank
 from services.evaluator.bless import bless_and_export
-from services.evaluator.locks import eval_lock_name, held_lock, job_lock_name
+from services.evaluator.locks import eval_lock_name, held_lock, job_lock_name, model_lock_name
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,12 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
             # Our checkpoint lock lapsed (Redis was away) and another worker finished it.
             publish_or_defer(conn, run, existing)
             return Outcome("already_done", existing)
-        blessing = bless_and_export(layout, run, restored, result, open_set=open_set,
-                                    keep_versions=keep_versions)
+        with held_lock(conn, model_lock_name(spec.serving_name()),
+                       wait_s=BLESS_LOCK_WAIT_S) as model_locked:
+            if not model_locked:
+                raise TimeoutError(f"model {spec.serving_name()}: export lock still held")
+            blessing = bless_and_export(layout, run, restored, result, open_set=open_set,
+                                        keep_versions=keep_versions)
         result.update(blessing.fields())
         result["evaluated_at"] = time.time()
         result["compute_s"] = compute_s + blessing.compute_s

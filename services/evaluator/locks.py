@@ -31,6 +31,12 @@ def job_lock_name(job_id: str) -> str:
     return f"incept:lock:bless:{job_id}"
 
 
+def model_lock_name(model_name: str) -> str:
+    """Serialises exports into one served model across jobs (each compares with
+    the version being served, then exports the next)."""
+    return f"incept:lock:bless-model:{model_name}"
+
+
 def is_locked(conn: redis.Redis, name: str) -> bool:
     return bool(conn.exists(name))
 

@@ -105,3 +105,40 @@ def test_deleted_checkpoint_is_reported(layout, redis_conn, dataset):
     RunWriter(layout, "job4")
     with pytest.raises(EvaluationFailed, match="no complete checkpoint at step 7"):
         evaluate_checkpoint(layout, redis_conn, "job4", 7)
+
+
+def test_a_served_model_only_gets_better(layout, redis_conn, dataset, tmp_path):
+    """Another job's checkpoint replaces the served version only when it beats it
+    (same dataset and class list), and one trained on other data only with
+    replace: true; each version's manifest says why it was exported."""
+    first = RunWriter(layout, "first")
+    first.train(30)
+    step = first.save()
+    evaluate_checkpoint(layout, redis_conn, "first", step)
+    assert list_versions(layout.model("flowers")) == [1]
+    manifest = read_manifest(layout.model("flowers") / "1")
+    assert manifest["export_reason"] == "first evaluated checkpoint of the job; no version served yet"
+
+    # A new job whose first checkpoint is exactly as good: the job's own first, not better.
+    same = RunWriter(layout, "same")
+    same.model.set_weights(first.model.get_weights())
+    evaluate_checkpoint(layout, redis_conn, "same", same.save(step))
+    result = json.loads(same.run.eval_result(step).read_text())
+    assert not result["blessed"] and result["exported_version"] is None
+    assert "does not beat served version 1" in result["bless_reason"]
+    assert list_versions(layout.model("flowers")) == [1]
+
+    # Trained on another dataset (other images, other classes), served under the same name.
+    make_dataset(layout, tmp_path, name="other", num_classes=4)
+    other = RunWriter(layout, "other", dataset="other", served_model_name="flowers")
+    evaluate_checkpoint(layout, redis_conn, "other", other.save(1))
+    result = json.loads(other.run.eval_result(1).read_text())
+    assert not result["blessed"] and "set replace: true" in result["bless_reason"]
+    assert list_versions(layout.model("flowers")) == [1]
+    replacing = RunWriter(layout, "replacing", dataset="other", served_model_name="flowers",
+                          replace=True)
+    evaluate_checkpoint(layout, redis_conn, "replacing", replacing.save(1))
+    assert list_versions(layout.model("flowers")) == [1, 2]
+    manifest = read_manifest(layout.model("flowers") / "2")
+    assert manifest["job_id"] == "replacing"
+    assert "replaces served version 1" in manifest["export_reason"]
