@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from incept.fsutil import write_json_atomic
+
 TOKEN = "test-token-0123456789"
 CLASSES = ["daisy", "roses", "tulips"]
 
@@ -102,3 +104,19 @@ def client(gateway):
 @pytest.fixture
 def auth() -> dict:
     return {"Authorization": f"Bearer {TOKEN}"}
+
+
+SPEC = {"dataset": "flowers", "model_name": "tiny", "max_steps": 5, "batch_size": 4}
+
+
+def finished_job(layout, job_id="flowers-20260101-000000-abcdef"):
+    """A job that ran to the end, as the volume keeps it (no Redis needed)."""
+    run = layout.run(job_id)
+    write_json_atomic(run.spec, {**SPEC})
+    write_json_atomic(run.status, {"state": "succeeded", "step": 5, "loss": 0.5})
+    for step, acc in ((2, 0.5), (4, 0.9), (5, 0.8)):
+        write_json_atomic(run.eval_result(step), {
+            "job_id": job_id, "step": step, "accuracy": acc, "recall_at_5": 1.0, "loss": 1 - acc,
+            "num_images": 10, "class_names": ["a", "b"], "confusion_matrix": [[5, 0], [1, 4]],
+            "exported_version": 1 if step == 4 else None, "blessed": step == 4})
+    return job_id
