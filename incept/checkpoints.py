@@ -189,32 +189,53 @@ def restore_for_inference(run: RunLayout, step: int | None = None,
                           layout: Layout | None = None) -> RestoredModel:
     """The model of checkpoint ``step`` (default: the newest complete one), with
     the EMA weights swapped in when the spec set ``moving_average_decay``."""
-    layout = layout or Layout(run.root.parent.parent)
-    steps = list_checkpoints(run)
-    if step is None:
-        if not steps:
-            raise CheckpointError(f"job {run.job_id!r} has no complete checkpoint yet")
-        step = steps[-1]
-    elif int(step) not in steps:
-        raise CheckpointError(f"job {run.job_id!r} has no complete checkpoint at step {step} "
-                              f"(complete: {steps or 'none'})")
-    step = int(step)
-    spec = load_run_spec(run)
-    class_names = load_class_names(run, spec, layout)
-    model = build_model(spec, len(class_names))
-    ema = None
-    if spec.moving_average_decay:
-        ema = WeightAverages(trainable_variables_by_name(model, spec.trainable_scopes),
-                             spec.moving_average_decay)
-    checkpoint = make_checkpoint(model, ema=ema)
-    prefix = checkpoint_prefix(run, step)
-    try:
-        status = checkpoint.read(str(prefix))
-        status.assert_existing_objects_matched().expect_partial()
-    except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError, RuntimeError) as e:
-        raise CheckpointError(f"job {run.job_id!r}: checkpoint {prefix.name} is unreadable or "
-                              f"does not match its spec: {str(e).splitlines()[0][:300]}") from None
-    if ema is not None:
-        ema.copy_to_sources()
-    return RestoredModel(model=model, spec=spec, step=step, class_names=class_names,
-                         ema_applied=ema is not None)
+    return InferenceRestorer(run, layout).restore(step)
+
+
+class InferenceRestorer:
+    """Builds a run's inference model once and restores checkpoints into it:
+    an evaluator reading a job's checkpoints one after another pays for one
+    model build, not one per checkpoint."""
+
+    def __init__(self, run: RunLayout, layout: Layout | None = None):
+        self.run = run
+        self.layout = layout or Layout(run.root.parent.parent)
+        self.spec = load_run_spec(run)
+        self.class_names = load_class_names(run, self.spec, self.layout)
+        self.model = build_model(self.spec, len(self.class_names))
+        self.ema = None
+        if self.spec.moving_average_decay:
+            self.ema = WeightAverages(trainable_variables_by_name(self.model, self.spec.trainable_scopes),
+                                      self.spec.moving_average_decay)
+        self.checkpoint = make_checkpoint(self.model, ema=self.ema)
+        # The averages alone: what changes between the checkpoints of a job whose
+        # frozen variables do not (head-only), once one checkpoint was read whole.
+        self.averages_only = tf.train.Checkpoint(ema=self.ema) if self.ema is not None else None
+        self.read_whole = False
+
+    def restore(self, step: int | None = None, *, frozen_unchanged: bool = False) -> RestoredModel:
+        """``frozen_unchanged``: the job trains only its EMA-averaged variables
+        (head-only): after the first checkpoint only the averages are read."""
+        steps = list_checkpoints(self.run)
+        job_id = self.run.job_id
+        if step is None:
+            if not steps:
+                raise CheckpointError(f"job {job_id!r} has no complete checkpoint yet")
+            step = steps[-1]
+        elif int(step) not in steps:
+            raise CheckpointError(f"job {job_id!r} has no complete checkpoint at step {step} "
+                                  f"(complete: {steps or 'none'})")
+        step = int(step)
+        prefix = checkpoint_prefix(self.run, step)
+        partial = frozen_unchanged and self.read_whole and self.averages_only is not None
+        try:
+            status = (self.averages_only if partial else self.checkpoint).read(str(prefix))
+            status.assert_existing_objects_matched().expect_partial()
+            self.read_whole = self.read_whole or not partial
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"job {job_id!r}: checkpoint {prefix.name} is unreadable or "
+                                  f"does not match its spec: {str(e).splitlines()[0][:300]}") from None
+        if self.ema is not None:
+            self.ema.copy_to_sources()
+        return RestoredModel(model=self.model, spec=self.spec, step=step,
+                             class_names=self.class_names, ema_applied=self.ema is not None)

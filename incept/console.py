@@ -62,62 +62,95 @@ def job_panel(job: dict):
     return Group(head, evals) if evals.row_count else head
 
 
+def _clock(seconds) -> str:
+    if not isinstance(seconds, int | float) or seconds != seconds:
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class _Watcher:
+    """The live view of one job: a "features" bar while the head-only feature
+    pass runs ("features 312/736 · 4.1 img/s · 1:40 left"), a "training" bar,
+    one line per checkpoint, phase, evaluation and export."""
+
+    def __init__(self, progress, job: dict):
+        self.progress, self.print = progress, progress.console.print
+        self.state = job.get("state")
+        self.features_task = None
+        self.train_task = progress.add_task("training", total=job.get("max_steps"),
+                                            completed=job.get("step") or 0, info="")
+        if isinstance(job.get("features"), dict):
+            self.on_features(job["features"])
+
+    def handle(self, kind: str, data: dict) -> None:
+        handler = getattr(self, f"on_{kind}", None)
+        if handler is not None:
+            handler(data)
+
+    def on_features(self, data: dict) -> None:
+        info = f"· {_fmt(data.get('images_per_sec'), '.1f')} img/s · {_clock(data.get('eta_s'))} left"
+        if self.features_task is None:
+            self.features_task = self.progress.add_task("features", total=data.get("total"), info=info)
+        self.progress.update(self.features_task, completed=data.get("done", 0),
+                             total=data.get("total"), info=info)
+
+    def on_progress(self, data: dict) -> None:
+        fields = {"total": data["max_steps"]} if data.get("max_steps") else {}
+        self.progress.update(self.train_task, completed=data.get("step", 0), **fields,
+                             info=f"· loss {_fmt(data.get('loss'))} · "
+                                  f"{_fmt(data.get('images_per_sec'), '.0f')} img/s · "
+                                  f"{_clock(data.get('eta_s'))} left")
+
+    def on_phase(self, data: dict) -> None:
+        self.print(f"  phase: {data.get('phase')}")
+
+    def on_checkpoint(self, data: dict) -> None:
+        self.print(f"  checkpoint at step {data.get('step')}")
+
+    def on_eval(self, data: dict) -> None:
+        self.print(f"  evaluated step {data.get('step')}: accuracy {_fmt(data.get('accuracy'), '.3f')}"
+                   f"  recall@5 {_fmt(data.get('recall_at_5'), '.3f')}  loss {_fmt(data.get('loss'))}")
+
+    def on_export(self, data: dict) -> None:
+        self.print(f"  [green]exported[/] {data.get('model')} version {data.get('version')}")
+
+    def on_error(self, data: dict) -> None:
+        self.print(f"  [red]error[/]: {data.get('error') or data}")
+
+    def on_state(self, data: dict) -> None:
+        self.state = data.get("state", self.state)
+        if data.get("max_steps"):
+            self.progress.update(self.train_task, total=data["max_steps"])
+        self.print(f"  state: {self.state}")
+
+    def on_waiting(self, data: dict) -> None:
+        steps = data.get("pending_evaluations") or []
+        self.print(f"  training {data.get('state')}; waiting for the evaluation of "
+                   f"step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))} ...")
+
+    def on_end(self, data: dict) -> None:
+        self.state = data.get("state", self.state)
+
+
 def watch(client: GatewayClient, job_id: str, console=None) -> int:
-    """Follow a job live from its event stream: a progress bar for the steps,
-    one line per evaluation and export, until the gateway ends the stream (training
-    over and every checkpoint evaluated). Returns 0 if the job succeeded."""
+    """Follow a job live from its event stream (see ``_Watcher``) until the
+    gateway ends the stream (training over and every checkpoint evaluated).
+    Returns 0 if the job succeeded."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     console = console or Console()
     job = client.job(job_id)
-    total = job.get("max_steps")
     console.print(f"following {job_id}")
-    progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}  {task.fields[ips]} img/s"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-    state = job.get("state")
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), console=console)
     with progress:
-        task = progress.add_task("train", total=total, completed=job.get("step") or 0, job=job_id,
-                                 loss=_fmt(job.get("loss")), ips=_fmt(job.get("images_per_sec"), ".0f"))
+        watcher = _Watcher(progress, job)
         for event in client.events(job_id):
-            data = event.data if isinstance(event.data, dict) else {}
-            if event.type == "progress":
-                fields = {"completed": data.get("step", 0)}
-                if data.get("max_steps"):
-                    fields["total"] = data["max_steps"]
-                progress.update(task, loss=_fmt(data.get("loss")),
-                                ips=_fmt(data.get("images_per_sec"), ".0f"), **fields)
-            elif event.type == "checkpoint":
-                progress.console.print(f"  checkpoint at step {data.get('step')}")
-            elif event.type == "eval":
-                progress.console.print(
-                    f"  evaluated step {data.get('step')}: accuracy {_fmt(data.get('accuracy'), '.3f')}"
-                    f"  recall@5 {_fmt(data.get('recall_at_5'), '.3f')}  loss {_fmt(data.get('loss'))}")
-            elif event.type == "export":
-                progress.console.print(f"  [green]exported[/] {data.get('model')} version "
-                                       f"{data.get('version')}")
-            elif event.type == "error":
-                progress.console.print(f"  [red]error[/]: {data.get('error') or data}")
-            elif event.type == "state":
-                state = data.get("state", state)
-                if data.get("max_steps"):
-                    progress.update(task, total=data["max_steps"])
-                progress.console.print(f"  state: {state}")
-            elif event.type == "waiting":
-                steps = data.get("pending_evaluations") or []
-                progress.console.print(f"  training {data.get('state')}; waiting for the evaluation "
-                                       f"of step{'s' if len(steps) > 1 else ''} "
-                                       f"{', '.join(map(str, steps))} ...")
-            elif event.type == "end":
-                state = data.get("state", state)
+            watcher.handle(event.type, event.data if isinstance(event.data, dict) else {})
+    state = watcher.state
     job = client.job(job_id)
     console.print(f"{job_id}: {state}" + (f" — {job['error']}" if job.get("error") else ""))
     return 0 if state == "succeeded" else 1

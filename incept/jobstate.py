@@ -24,6 +24,20 @@ FINISHED_JOB_TTL_S = 7 * 24 * 3600
 # older jobs are still listed from runs/ on the volume.
 JOBS_INDEX_MAX = 10_000
 JOBS_INDEX_RETENTION_S = 30 * 24 * 3600
+# Where a job is, for people: its phases only move forward (a late message from
+# one service cannot take back what another reported). A job is created
+# "queued" (hash field ``phase``); each later phase is announced once by a
+# "phase" event {"phase": ...}.
+PHASES = ("queued", "features", "training", "evaluating", "exported")
+_ADVANCE_PHASE = """
+local rank = {}
+for i, name in ipairs(cjson.decode(ARGV[4])) do rank[name] = i end
+local current = redis.call('HGET', KEYS[1], 'phase')
+if current and rank[current] and rank[current] >= rank[ARGV[1]] then return 0 end
+redis.call('HSET', KEYS[1], 'phase', ARGV[1], 'updated_at', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'phase', 'data', cjson.encode({phase = ARGV[1]}))
+return 1
+"""
 
 
 def _job_key(job_id: str) -> str:
@@ -72,7 +86,8 @@ class JobState:
         pipe.zremrangebyscore(JOBS_INDEX, "-inf", now - JOBS_INDEX_RETENTION_S)
         pipe.zremrangebyrank(JOBS_INDEX, 0, -JOBS_INDEX_MAX - 1)
         pipe.hset(_job_key(job_id), mapping={k: _encode(v) for k, v in
-                                              {"job_id": job_id, "state": "queued", "created_at": now,
+                                              {"job_id": job_id, "state": "queued", "phase": "queued",
+                                               "created_at": now,
                                                "updated_at": now, **fields}.items()})
         pipe.execute()
         self.emit(job_id, "state", {"state": fields.get("state", "queued")})
@@ -119,6 +134,15 @@ class JobState:
         """Forget a job that never started (its submission failed)."""
         self.conn.delete(*_job_keys(job_id))
         self.conn.zrem(JOBS_INDEX, job_id)
+
+    def advance_phase(self, job_id: str, phase: str) -> bool:
+        """Move the job to ``phase`` unless it is there or further already;
+        returns whether it moved (and a "phase" event was appended)."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        moved = self.conn.eval(_ADVANCE_PHASE, 2, _job_key(job_id), _events_key(job_id), phase,
+                               time.time(), STREAM_MAXLEN, json.dumps(PHASES))
+        return bool(moved)
 
     def request_cancel(self, job_id: str) -> None:
         self.conn.set(_cancel_key(job_id), "1", ex=FINISHED_JOB_TTL_S)
@@ -167,6 +191,21 @@ def record_once(conn: redis.Redis, job_id: str, marker: str,
                 return True
             except WatchError:
                 continue  # someone wrote the hash or the marker meanwhile: look again
+
+
+def all_evaluated(run) -> bool:
+    """The trainer succeeded (``runs/<id>/status.json``) and every checkpoint it
+    kept has an evaluation result or error record: the job's last phase. The
+    trainer asks after writing its final state, the evaluator after writing
+    each result, so whichever comes second sees both and moves the phase on."""
+    try:
+        status = json.loads(run.status.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(status, dict) or status.get("state") != "succeeded":
+        return False
+    return all(run.eval_result(step).exists() or run.eval_error(step).exists()
+               for step in run.complete_checkpoints())
 
 
 def recorded_markers(conn: redis.Redis, job_id: str) -> set[str]:

@@ -23,6 +23,7 @@ DATASETS_QUEUE = "datasets"
 
 TRAIN_FUNC = "services.trainer.jobs.run_training"
 EVAL_FUNC = "services.evaluator.jobs.evaluate_checkpoint"
+PREPARE_FUNC = "services.evaluator.jobs.prepare_job"
 CONVERT_FUNC = "services.trainer.jobs.convert_dataset"
 
 # A training job may run for days; rq's default timeout (180 s) would kill it.
@@ -107,6 +108,21 @@ def enqueue_eval(conn: redis.Redis, job_id: str, step: int) -> bool:
         retry=Retry(max=3, interval=[2, 10, 30]), result_ttl=7 * 24 * 3600,
         failure_ttl=7 * 24 * 3600, description=f"evaluate {job_id} step {step}",
     )
+    return True
+
+
+def enqueue_prepare(conn: redis.Redis, job_id: str) -> bool:
+    """Ask an evaluator to get a head-only job ready while its heads train: the
+    model built, the cached features read, the open-set score fitted and the
+    export's serving function traced, so its first checkpoint pays for none of
+    it. Queued on ``eval`` ahead of the job's evaluation requests; a no-op when
+    one is pending. Returns whether one was queued."""
+    rid = request_id("prepare", job_id)
+    if request_status(conn, rid) in _PENDING:
+        return False
+    rq_queue(conn, EVAL_QUEUE).enqueue(
+        PREPARE_FUNC, job_id, job_id=rid, job_timeout=EVAL_TIMEOUT_S, result_ttl=3600,
+        failure_ttl=7 * 24 * 3600, description=f"prepare the evaluation of {job_id}")
     return True
 
 

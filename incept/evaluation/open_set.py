@@ -351,10 +351,16 @@ def fit_open_set(model, dataset_dir, *, image_size: int, num_classes: int,
                                              cache_dir=cache_dir)
         layer.fit_features(features, labels)
         fitted_on = len(labels)
+    return layer, calibrate_open_set(layer, validation, fitted_on, tpr)
+
+
+def calibrate_open_set(layer: OpenSetScore, validation, fitted_on: int,
+                       tpr: float = DEFAULT_TPR) -> dict:
+    """Scale (for scores that need it) and threshold a fitted ``layer`` on the
+    validation ``SplitOutputs``; returns the calibration record."""
     layer.fit_scale(validation.logits, validation.pre_logits)
     scores = layer(validation.logits, validation.pre_logits).numpy()
     threshold = layer.calibrate(scores, tpr)
-    record = {"score_name": score_name, "threshold": threshold,
-              "tpr": float((scores <= threshold).mean()), "target_tpr": tpr,
-              "calibrated_on": len(validation), "fitted_on": fitted_on}
-    return layer, record
+    return {"score_name": layer.score_name, "threshold": threshold,
+            "tpr": float((scores <= threshold).mean()), "target_tpr": tpr,
+            "calibrated_on": len(validation), "fitted_on": fitted_on}

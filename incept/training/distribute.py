@@ -70,5 +70,21 @@ def worker_index(strategy: tf.distribute.Strategy) -> int:
     return int(resolver.task_id or 0) if resolver is not None and resolver.task_id is not None else 0
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    return max(1, len(resolver.cluster_spec().as_dict().get("worker", [])) +
+               len(resolver.cluster_spec().as_dict().get("chief", [])))
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Wait until every worker gets here: a collective all-reduce of one number
+    (a no-op for one worker)."""
+    if is_multi_worker(strategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM,
+                        strategy.run(lambda: tf.constant(1.0)), axis=None).numpy()
+
+
 def has_gpu() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))

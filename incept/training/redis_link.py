@@ -19,7 +19,7 @@ import time
 import redis
 
 from incept.jobstate import JobState
-from incept.queues import connect, enqueue_eval
+from incept.queues import connect, enqueue_eval, enqueue_prepare
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class RedisLink:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._fields: dict = {}
+        self._phases: list[str] = []
+        self._prepare = False
         self._events: collections.deque = collections.deque()
         self._evals: list[int] = []
         self.sent_evals: list[int] = []
@@ -61,6 +63,17 @@ class RedisLink:
                 if progress >= MAX_PROGRESS_EVENTS:
                     return
             self._events.append((kind, data))
+        self._wake.set()
+
+    def advance_phase(self, phase: str) -> None:
+        with self._lock:
+            self._phases.append(phase)
+        self._wake.set()
+
+    def request_prepare(self) -> None:
+        """Ask the evaluator to get ready for this job (``queues.enqueue_prepare``)."""
+        with self._lock:
+            self._prepare = True
         self._wake.set()
 
     def request_eval(self, step: int) -> None:
@@ -127,6 +140,14 @@ class RedisLink:
                 with self._lock:
                     self._fields = {**fields, **self._fields}
                 raise
+        while True:
+            with self._lock:
+                if not self._phases:
+                    break
+                phase = self._phases[0]
+            self._state.advance_phase(self.job_id, phase)
+            with self._lock:
+                self._phases.pop(0)
         for _ in range(ready):
             with self._lock:
                 if not self._events:
@@ -135,6 +156,9 @@ class RedisLink:
             self._state.emit(self.job_id, kind, data)
             with self._lock:
                 self._events.popleft()
+        if self._prepare:
+            enqueue_prepare(self._conn, self.job_id)
+            self._prepare = False
         while True:
             with self._lock:
                 if not self._evals:

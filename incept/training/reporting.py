@@ -92,6 +92,30 @@ class Reporter:
         if self._bar:
             self._bar.update(self._task, completed=step, info=f"loss {loss:.4f} lr {learning_rate:.2g}")
 
+    def phase(self, phase: str) -> None:
+        """The job's phase (``incept.jobstate.PHASES``): status.json, the Redis
+        hash and a "phase" event."""
+        if not self.chief:
+            return
+        self._mirror(phase=phase)
+        if self.link:
+            self.link.advance_phase(phase)
+
+    def features(self, *, done: int, total: int, images_per_sec: float, eta_s: float) -> None:
+        """Progress of the feature pass: a "features" event, the hash and status.json
+        field ``features`` {done, total, images_per_sec, eta_s}."""
+        if not self.chief:
+            return
+        data = {"done": done, "total": total, "images_per_sec": round(images_per_sec, 2),
+                "eta_s": round(eta_s, 1)}
+        self._mirror(features=data)
+        log.info(json.dumps({"event": "features", "job_id": self.run.job_id, **data}))
+        if self.link:
+            self.link.update(features=data)
+            self.link.emit("features", data)
+        if self._bar:
+            self._bar.update(self._task, info=f"features {done}/{total} {images_per_sec:.1f} img/s")
+
     def images(self, images) -> None:
         """A few training inputs (float in [-1, 1]) as TensorBoard images."""
         if self.writer is None:  # only the chief writes summaries
@@ -120,3 +144,31 @@ class Reporter:
             self._bar.stop()
         if self.writer:
             self.writer.close()
+
+
+class FeaturePassProgress:
+    """Counts the feature pass's images and reports them at most every
+    ``interval_s`` (and at the start and end): the ``progress`` argument of
+    ``incept.training.features.cached_features``."""
+
+    def __init__(self, reporter: Reporter, interval_s: float):
+        self.reporter = reporter
+        self.interval_s = interval_s
+        self.total = self.done = 0
+        self._t0 = self._last = 0.0
+
+    def start(self, total: int) -> None:
+        self.total, self.done = int(total), 0
+        self._t0 = self._last = time.monotonic()
+        if total:
+            self.reporter.features(done=0, total=self.total, images_per_sec=0.0, eta_s=0.0)
+
+    def __call__(self, images: int) -> None:
+        self.done += int(images)
+        now = time.monotonic()
+        if now - self._last < self.interval_s and self.done < self.total:
+            return
+        self._last = now
+        rate = self.done / max(now - self._t0, 1e-9)
+        eta = (self.total - self.done) / max(rate, 1e-9)
+        self.reporter.features(done=self.done, total=self.total, images_per_sec=rate, eta_s=eta)

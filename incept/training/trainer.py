@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -45,7 +46,7 @@ from incept.spec import JobSpec, is_head_only
 from incept.training import distribute, features, inputs, optim
 from incept.training.loop import Stop, TrainLoop
 from incept.training.redis_link import RedisLink
-from incept.training.reporting import Reporter
+from incept.training.reporting import FeaturePassProgress, Reporter
 from incept.training.state import TrainState, build_state, resolve_checkpoint, restore_newest
 from incept.training.step import make_train_step
 
@@ -97,8 +98,17 @@ def _report_final_state(reporter: Reporter, result: TrainResult) -> None:
     if result.state == "preempted":
         # Not a final state: a restart resumes from the checkpoint just written.
         reporter.state("queued", step=result.step, preempted_at=result.step)
-    else:
+    elif result.state != "succeeded":
         reporter.state(result.state, step=result.step, last_checkpoint_step=result.step)
+    else:
+        from incept.jobstate import all_evaluated
+
+        reporter.phase("evaluating")
+        reporter.state(result.state, step=result.step, last_checkpoint_step=result.step)
+        # After the final state is on disk (see jobstate.all_evaluated): the
+        # evaluator may have finished every checkpoint before it was.
+        if all_evaluated(reporter.run):
+            reporter.phase("exported")
 
 
 @dataclass
@@ -246,26 +256,54 @@ def _choose(spec: JobSpec, path: str, strategy: tf.distribute.Strategy) -> _Choi
     return _Choices(head_only=head_only, xla=xla, mixed=mixed)
 
 
-def _train_batches(job: _Job, state: TrainState, head_only: bool, step: int) -> tuple[tf.data.Dataset, float]:
-    """The global batches to train on, and the seconds spent computing features.
-    A resumed job draws a fresh example order (seeded by the step) instead of
-    skipping through the stream it had consumed."""
+def _train_batches(job: _Job, feats: features.SplitFeatures | None,
+                   step: int) -> tf.data.Dataset:
+    """The global batches to train on: the head-only path's cached ``feats``, or
+    the images. A resumed job draws a fresh example order (seeded by the step)
+    instead of skipping through the stream it had consumed."""
     spec = job.spec
-    image_size = spec.resolved_image_size()
     data_seed = spec.seed if step == 0 else (spec.seed * 1_000_003 + step) % (2**31 - 1)
-    if not head_only:
-        ds = inputs.train_images(job.dataset_dir, job.info, image_size, spec.batch_size,
-                                 augment=spec.augment, seed=data_seed)
-        return ds.with_options(inputs.shard_options()), 0.0
-    cache_key = features.backbone_key(spec.model_name, image_size, state.base, spec.seed)
-    feats = features.split_features(state.model, job.layout.feature_cache, cache_key, job.dataset_dir,
-                                    "train", image_size, spec.augmented_views if spec.augment else 0,
-                                    spec.seed)
-    log.info("head-only: features for %d images (%d views cached, %d computed in %.1f s)",
-             len(feats.labels), feats.hits, feats.computed, feats.compute_seconds)
-    ds = features.feature_batches(feats, spec.batch_size, seed=data_seed,
-                                  shuffle_buffer=inputs.shuffle_buffer(job.num_train))
-    return ds.with_options(inputs.shard_options()), feats.compute_seconds
+    if feats is None:
+        ds = inputs.train_images(job.dataset_dir, job.info, spec.resolved_image_size(),
+                                 spec.batch_size, augment=spec.augment, seed=data_seed)
+    else:
+        ds = features.feature_batches(feats, spec.batch_size, seed=data_seed,
+                                      shuffle_buffer=inputs.shuffle_buffer(job.num_train))
+    return ds.with_options(inputs.shard_options())
+
+
+def head_only_features(job: _Job, state: TrainState, cluster: tf.distribute.Strategy,
+                       reporter: Reporter, interval_s: float) -> features.SplitFeatures:
+    """The training split's features (the views the job trains on) and the
+    validation split's (the evaluation view, for the evaluator), from the cache
+    or computed once, with progress; a multi-worker job splits the pass by
+    worker. Returns the training features."""
+    spec = job.spec
+    reporter.phase("features")
+    key = features.backbone_key(spec.model_name, spec.resolved_image_size(), state.base, spec.seed)
+    shard = features.Shard(distribute.worker_index(cluster), distribute.num_workers(cluster))
+    found = features.cached_features(
+        state.model, job.layout.feature_cache, key, job.dataset_dir, spec.resolved_image_size(),
+        spec.seed, {"train": features.views_of(spec), "validation": [0]},
+        progress=FeaturePassProgress(reporter, interval_s), shard=shard,
+        barrier=lambda: distribute.barrier(cluster))
+    feats = found["train"]
+    feats.compute_seconds = sum(f.compute_seconds for f in found.values())
+    log.info("head-only: features for %d training and %d validation images (%d views cached, "
+             "%d computed in %.1f s)", len(feats), len(found["validation"]),
+             sum(f.hits for f in found.values()), sum(f.computed for f in found.values()),
+             feats.compute_seconds)
+    return feats
+
+
+def _feature_worker_done(job: _Job, state: TrainState, cluster, feature_seconds: float) -> TrainResult:
+    """A multi-worker head-only job's worker other than the chief: its shard of
+    the feature pass is in the cache, the chief trains the heads."""
+    shutil.rmtree(state.manager_dir, ignore_errors=True)
+    log.info(json.dumps({"event": "done", "job_id": job.run.job_id, "state": "succeeded", "step": 0,
+                         "worker": distribute.worker_index(cluster), "features_only": True}))
+    return TrainResult(job_id=job.run.job_id, state="succeeded", step=0, max_steps=job.max_steps,
+                       path="head_only", feature_seconds=feature_seconds)
 
 
 def _sample_images(job: _Job, ds: tf.data.Dataset, head_only: bool) -> tf.Tensor:
@@ -280,6 +318,12 @@ def _train(job: _Job, strategy: tf.distribute.Strategy, reporter: Reporter, link
            stop: Stop, *, path: str, progress_interval_s: float) -> TrainResult:
     spec, chief = job.spec, job.chief
     choices = _choose(spec, path, strategy)
+    cluster = strategy
+    if choices.head_only and distribute.is_multi_worker(strategy):
+        # Each worker computes its shard of the features; the heads (seconds of
+        # work) then train on the chief alone, on the union: the very model a
+        # single worker trains, while the other workers are done.
+        strategy = tf.distribute.get_strategy()
     state = build_state(spec, num_classes=job.info.num_classes, num_train=job.num_train,
                         layout=job.layout, run=job.run, strategy=strategy, chief=chief,
                         mixed=choices.mixed)
@@ -289,7 +333,16 @@ def _train(job: _Job, strategy: tf.distribute.Strategy, reporter: Reporter, link
     step = int(state.optimizer.iterations.numpy())
     reporter.state("running", step=step, max_steps=job.max_steps, resumed_from=resumed_from,
                    path=choices.path)
-    ds, feature_seconds = _train_batches(job, state, choices.head_only, step)
+    feats = None
+    if choices.head_only:
+        feats = head_only_features(job, state, cluster, reporter, progress_interval_s)
+        if not chief:
+            return _feature_worker_done(job, state, cluster, feats.compute_seconds)
+        if link is not None:
+            link.request_prepare()  # the evaluator gets ready while the heads train
+    reporter.phase("training")
+    ds = _train_batches(job, feats, step)
+    feature_seconds = feats.compute_seconds if feats is not None else 0.0
     # Before the sample images below: the seeded shuffle's order depends on how
     # many times the dataset was iterated.
     iterator = iter(strategy.experimental_distribute_dataset(ds))

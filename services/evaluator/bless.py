@@ -36,11 +36,14 @@ class Blessing:
     version: int | None = None
     ood: dict | None = None
     compute_s: float = 0.0
+    # What the export cost (incept.export.ExportResult.seconds).
+    export_seconds: dict | None = None
 
     def fields(self) -> dict:
         out = {"blessed": self.blessed, "bless_reason": self.reason,
                "exported_version": self.version,
-               "served_model": self.model_name if self.version is not None else None}
+               "served_model": self.model_name if self.version is not None else None,
+               "export_s": self.export_seconds}
         if self.ood is not None:
             out["ood"] = self.ood
         return out
@@ -106,8 +109,10 @@ def against_served(accuracy: float, served: tuple[int, dict, list[str]] | None,
 
 
 def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *,
-                     open_set: tuple, keep_versions: int | None) -> Blessing:
-    """``open_set``: the checkpoint's calibrated (OpenSetScore, record)."""
+                     open_set: tuple, keep_versions: int | None, cached=None) -> Blessing:
+    """``open_set``: the checkpoint's calibrated (OpenSetScore, record).
+    ``cached``: the job's ``incept.evaluation.cached.HeadOnlyJob``, whose export
+    archive (the traced serving function) the job's versions share."""
     spec = restored.spec
     model_name = spec.serving_name()
     blessed, reason = decide(result["accuracy"], run.best_evaluation(), spec.bless_threshold)
@@ -134,8 +139,13 @@ def bless_and_export(layout: Layout, run: RunLayout, restored, result: dict, *,
                               dataset_fingerprint=result["dataset_fingerprint"], metrics=result,
                               ood_calibration=calibration)
     manifest["export_reason"] = reason
+    archive = cached.export_archive() if cached is not None else None
     exported = export_model(restored.model, restored.class_names, model_base,
                             image_size=result["image_size"], ood=ood, manifest=manifest,
-                            keep=keep_versions)
+                            keep=keep_versions, archive=archive)
+    seconds = dict(exported.seconds)
+    if cached is not None:
+        # The trace, if this export paid for it (not when the job was prepared).
+        seconds["trace"] = round(time.perf_counter() - started - seconds["total"], 3)
     return Blessing(True, reason, model_name, exported.version, calibration,
-                    time.perf_counter() - started)
+                    time.perf_counter() - started, seconds)

@@ -29,12 +29,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
 from incept.errors import UserError
 from incept.fsutil import write_json_atomic
-from incept.jobstate import record_once
+from incept.jobstate import JobState, all_evaluated, record_once
 from incept.layout import Layout, RunLayout, eval_rank
 from services.evaluator.bless import bless_and_export
 from services.evaluator.locks import eval_lock_name, held_lock, job_lock_name, model_lock_name
@@ -102,37 +103,96 @@ def evaluate_checkpoint(layout: Layout, conn: redis.Redis, job_id: str, step: in
             raise EvaluationFailed(f"job {job_id!r} step {step}: {e}") from None
 
 
-def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
-              keep_versions: int | None, batch_size: int) -> Outcome:
-    from incept.checkpoints import restore_for_inference
-    from incept.data.dataset import DatasetInfo
-    from incept.evaluation.metrics import classification_metrics, forward_fn, run_split
-    from incept.evaluation.open_set import fit_open_set
+# The last head-only job evaluated in this process: its model and cached
+# features serve its next checkpoints (one job's worth of memory).
+_head_only_jobs: dict[tuple, object] = {}
+
+
+def _head_only_job(layout: Layout, run: RunLayout, dataset_dir: Path, step: int | None):
+    from incept.evaluation.cached import HeadOnlyJob
+
+    key = (str(layout.root), run.job_id, run.spec.stat().st_mtime_ns, str(dataset_dir))
+    job = _head_only_jobs.get(key)
+    if job is None:
+        _head_only_jobs.clear()
+        job = _head_only_jobs[key] = HeadOnlyJob(layout, run, dataset_dir, step)
+    return job
+
+
+def prepare_head_only(layout: Layout, job_id: str) -> dict:
+    """Get a head-only job ready while its heads train (``incept.queues.enqueue_prepare``):
+    model built, cached features read, open-set score fitted, export traced.
+    Without a complete cache (and no checkpoint yet) there is nothing to do
+    ahead: the first checkpoint's evaluation does it all."""
+    from incept.checkpoints import load_run_spec
     from incept.spec import is_head_only
 
-    job_id = run.job_id
     started = time.perf_counter()
+    run = layout.run(job_id)
+    try:
+        spec = load_run_spec(run)
+        if not is_head_only(spec):
+            return {"status": "skipped", "reason": "not a head-only job"}
+        _head_only_job(layout, run, spec.dataset_dir(layout), None).export_archive()
+    except (UserError, OSError, ValueError) as e:
+        log.info("job %s: not prepared ahead of its checkpoints (%s)", job_id, e)
+        return {"status": "skipped", "reason": str(e)[:500]}
+    seconds = round(time.perf_counter() - started, 3)
+    log.info("job %s: prepared for evaluation in %.1f s", job_id, seconds)
+    return {"status": "prepared", "seconds": seconds}
+
+
+def _forward_outputs(layout: Layout, run: RunLayout, step: int, batch_size: int):
+    """The checkpoint through the whole model: (restored, validation outputs, open set)."""
+    from incept.checkpoints import restore_for_inference
+    from incept.evaluation.metrics import forward_fn, run_split
+    from incept.evaluation.open_set import fit_open_set
+
     restored = restore_for_inference(run, step, layout=layout)
-    spec = restored.spec
-    dataset_dir = spec.dataset_dir(layout)
-    info = DatasetInfo.load(dataset_dir)
-    if list(info.class_names) != list(restored.class_names):
-        raise UserError(f"dataset {dataset_dir} now has classes {info.class_names}, "
-                        f"the checkpoint was trained on {restored.class_names}")
-    if info.count("validation") == 0:
-        raise UserError(f"dataset {dataset_dir} has no validation images to evaluate on")
-    image_size = spec.resolved_image_size()
+    dataset_dir = restored.spec.dataset_dir(layout)
+    image_size = restored.spec.resolved_image_size()
     forward = forward_fn(restored.model, image_size)
     validation = run_split(restored.model, dataset_dir, "validation", image_size=image_size,
                            batch_size=batch_size, forward=forward)
-    metrics = classification_metrics(validation.logits, validation.labels, restored.class_names)
-    # The open-set score is fitted and calibrated for every checkpoint, blessed or
-    # not. A head-only job's backbone never changes, so its training features are
-    # cached on the shared volume: one pass over the training split per job.
     open_set = fit_open_set(restored.model, dataset_dir, image_size=image_size,
                             num_classes=len(restored.class_names), validation=validation,
-                            batch_size=batch_size, forward=forward,
-                            cache_dir=layout.feature_cache / "open-set" if is_head_only(spec) else None)
+                            batch_size=batch_size, forward=forward)
+    return restored, validation, open_set
+
+
+def checkpoint_outputs(layout: Layout, run: RunLayout, step: int, batch_size: int):
+    """(restored, validation outputs, (open-set layer, record), HeadOnlyJob or
+    None). A head-only job's come from its cached features: the backbone does
+    not run (``incept.evaluation.cached``)."""
+    from incept.checkpoints import load_run_spec
+    from incept.spec import is_head_only
+
+    spec = load_run_spec(run)
+    if is_head_only(spec):
+        job = _head_only_job(layout, run, spec.dataset_dir(layout), step)
+        return (*job.evaluate(step), job)
+    return (*_forward_outputs(layout, run, step, batch_size), None)
+
+
+def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
+              keep_versions: int | None, batch_size: int) -> Outcome:
+    from incept.checkpoints import load_run_spec
+    from incept.data.dataset import DatasetInfo
+    from incept.evaluation.metrics import classification_metrics
+
+    job_id = run.job_id
+    started = time.perf_counter()
+    dataset_dir = load_run_spec(run).dataset_dir(layout)
+    info = DatasetInfo.load(dataset_dir)
+    if info.count("validation") == 0:
+        raise UserError(f"dataset {dataset_dir} has no validation images to evaluate on")
+    restored, validation, open_set, cached = checkpoint_outputs(layout, run, step, batch_size)
+    spec = restored.spec
+    if list(info.class_names) != list(restored.class_names):
+        raise UserError(f"dataset {dataset_dir} now has classes {info.class_names}, "
+                        f"the checkpoint was trained on {restored.class_names}")
+    image_size = spec.resolved_image_size()
+    metrics = classification_metrics(validation.logits, validation.labels, restored.class_names)
     compute_s = time.perf_counter() - started
 
     result = {
@@ -140,7 +200,10 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
         "ood": open_set[1],
         "ema": restored.ema_applied, "dataset_fingerprint": info.fingerprint,
         "model_name": spec.model_name, "image_size": image_size,
+        "features": "cached" if cached is not None else "forward",
     }
+    if cached is not None:
+        result["feature_views"] = cached.feature_views
     # Decide, export and write the result under the job's lock, so concurrent
     # evaluations of one job see each other's results when comparing with the best.
     with held_lock(conn, job_lock_name(job_id), wait_s=BLESS_LOCK_WAIT_S) as acquired:
@@ -156,18 +219,32 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
             if not model_locked:
                 raise TimeoutError(f"model {spec.serving_name()}: export lock still held")
             blessing = bless_and_export(layout, run, restored, result, open_set=open_set,
-                                        keep_versions=keep_versions)
+                                        keep_versions=keep_versions, cached=cached)
         result.update(blessing.fields())
         result["evaluated_at"] = time.time()
+        # eval_s: the checkpoint's evaluation alone; compute_s: with its export.
+        result["eval_s"] = round(compute_s, 3)
         result["compute_s"] = compute_s + blessing.compute_s
         _write_summaries(run, step, result)
         write_json_atomic(run.eval_result(step), result)
     publish_or_defer(conn, run, result)
+    _advance_phase(conn, run)
     log.info("job %s step %d: accuracy %.4f recall@%d %.4f loss %.4f on %d images%s", job_id,
              step, result["accuracy"], result["top_k"], result["recall_at_5"], result["loss"],
              result["num_images"],
              f"; blessed, exported version {result['exported_version']}" if result["blessed"] else "")
     return Outcome("evaluated", result, compute_s)
+
+
+def _advance_phase(conn: redis.Redis, run: RunLayout) -> None:
+    """The job's last phase, "exported", once the trainer is done and every
+    checkpoint is evaluated (the trainer reports the phases before it)."""
+    if not all_evaluated(run):
+        return
+    try:
+        JobState(conn).advance_phase(run.job_id, "exported")
+    except (redis.ConnectionError, redis.TimeoutError) as e:
+        log.warning("job %s: phase not recorded, Redis is unavailable (%s)", run.job_id, e)
 
 
 def _write_summaries(run: RunLayout, step: int, result: dict) -> None:

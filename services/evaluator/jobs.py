@@ -27,3 +27,12 @@ def evaluate_checkpoint(job_id: str, step: int) -> dict:
         return outcome.summary()
     finally:
         conn.close()
+
+
+def prepare_job(job_id: str) -> dict:
+    """Get a head-only job ready before its first checkpoint (``incept.queues.enqueue_prepare``)."""
+    from services.evaluator.evaluate import prepare_head_only
+
+    check_name(job_id, "job id")
+    settings = get_settings()
+    return prepare_head_only(settings.layout, job_id)

@@ -168,3 +168,31 @@ def test_export_command(tmp_path, capsys):
     assert main(["export", "--run", str(run.root), "--step", "3", "--out", str(base)]) == 2
     assert "no complete checkpoint at step 3" in capsys.readouterr().err
     assert list_versions(base) == [1]
+
+
+def test_versions_of_one_model_share_one_traced_archive(tmp_path):
+    """The evaluator keeps a head-only job's archive: a later version is written
+    from the same traced function, with the weights (heads, open-set threshold)
+    as they are at its export, and reports what it cost."""
+    from incept.export import build_archive
+
+    tf.keras.utils.set_random_seed(2)
+    model = nets.build("tiny", num_classes=len(CLASSES), image_size=SIZE)
+    ood = fitted_ood(model)
+    ood.threshold.assign(1e30)  # nothing unknown
+    archive = build_archive(model, CLASSES, image_size=SIZE, ood=ood)
+    images = encoded_images(5)
+    first = export_model(model, CLASSES, tmp_path / "m", image_size=SIZE, ood=ood, archive=archive)
+    assert set(first.seconds) == {"trace", "save", "fsync", "total"}
+    assert first.seconds["trace"] < first.seconds["total"]
+    logits = model.get_layer("Logits.Logits")
+    logits.kernel.assign(logits.kernel * -3.0)
+    ood.threshold.assign(-1.0)  # everything unknown
+    second = export_model(model, CLASSES, tmp_path / "m", image_size=SIZE, ood=ood, archive=archive)
+    assert second.version == 2
+    outputs = [tf.saved_model.load(str(r.path)).signatures["serving_default"](
+        images=tf.constant(images)) for r in (first, second)]
+    np.testing.assert_allclose(outputs[1]["probabilities"].numpy(),
+                               in_process(model, images)["probabilities"], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(outputs[0]["probabilities"].numpy(), outputs[1]["probabilities"].numpy())
+    assert outputs[1]["is_unknown"].numpy().all() and not outputs[0]["is_unknown"].numpy().any()

@@ -71,11 +71,12 @@ def test_head_only_path_matches_full_path_and_reuses_the_cache(data):
     assert abs(acc_full - acc_head) <= 0.05
     # A later job on the same images reuses the cached features.
     make_run(data, "viahead2", **common)
-    cached = list(data.feature_cache.rglob("*.npz"))
-    assert len(cached) == 1
-    mtime = cached[0].stat().st_mtime_ns
+    # One entry per split: the training split's view and the validation split's.
+    cached = list(data.feature_cache.rglob("pre_logits.npy"))
+    assert len(cached) == 2
+    mtimes = [c.stat().st_mtime_ns for c in cached]
     train("viahead2", data)
-    assert cached[0].stat().st_mtime_ns == mtime
+    assert [c.stat().st_mtime_ns for c in cached] == mtimes
 
 
 def test_cancel_flag_stops_with_a_final_checkpoint(data, redis_conn, redis_url):
@@ -127,8 +128,9 @@ def test_augmented_views_ema_and_mixed_precision(data):
                       moving_average_decay=0.99, mixed_precision=True, max_steps=30, **FAST)
     result = train("views", data)
     assert result.path == "head_only" and result.step == 30
-    assert sorted(p.name.rsplit("-", 1)[1] for p in data.feature_cache.rglob("*.npz")) == [
-        "view1.npz", "view2.npz", "view3.npz"]
+    # Three augmented views of the training split, the evaluation view of the validation split.
+    assert sorted(p.parent.name.rsplit("-", 1)[1] for p in data.feature_cache.rglob("pre_logits.npy")) == [
+        "view0", "view1", "view2", "view3"]
     assert keras.mixed_precision.global_policy().name == "float32"  # not leaked
     restored = restore_for_inference(run, layout=data)
     assert restored.ema_applied and restored.step == 30
@@ -197,10 +199,10 @@ def test_inception_v4_head_only_job(data):
                       moving_average_decay=0.9999, max_steps=4, batch_size=8)
     result = train("iv4", data)
     assert result.path == "head_only" and result.checkpoints[-1] == 4
-    (entry,) = data.feature_cache.rglob("*.npz")
-    with np.load(entry) as cached:
-        assert cached["pre_logits"].shape[1:] == (1536,) and cached["pre_logits"].dtype == np.float16
-        assert cached["aux_pre_logits"].shape[1:] == (768,)
+    for entry in data.feature_cache.rglob("*-view0"):
+        pre, aux = np.load(entry / "pre_logits.npy"), np.load(entry / "aux_pre_logits.npy")
+        assert pre.shape[1:] == (1536,) and pre.dtype == np.float16
+        assert aux.shape[1:] == (768,)
     restored = restore_for_inference(run, layout=data)
     assert restored.ema_applied and restored.model.output["logits"].shape[-1] == 3
 

@@ -121,7 +121,9 @@ def test_bad_checkpoint_fails_request_worker_survives(layout, redis_conn, datase
     wait_for(lambda: writer.run.eval_result(2).exists(), 120, "eval of the good checkpoint")
     error = json.loads((writer.run.eval_dir / "1.error.json").read_text())
     assert "ckpt-1" in error["error"]
-    state = JobState(redis_conn).get("bad")
+    # The result file is written first, then published to Redis (evaluate.publish).
+    state = wait_for(lambda: (s := JobState(redis_conn).get("bad")) and "latest_eval" in s and s,
+                     60, "the result published")
     assert state["eval_error"]["step"] == 1 and "ckpt-1" in state["eval_error"]["error"]
     assert state["latest_eval"]["step"] == 2
     assert worker.poll() is None  # still serving

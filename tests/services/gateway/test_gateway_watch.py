@@ -28,6 +28,10 @@ def test_watch_prints_evaluations_that_finish_after_training(gateway, layout, re
         job_id = client.submit(SPEC)["job_id"]
         state = JobState(connect(redis_url))
         state.set_state(job_id, "running")
+        # The head-only feature pass: its own bar, before training's.
+        state.advance_phase(job_id, "features")
+        state.emit(job_id, "features", {"done": 312, "total": 736, "images_per_sec": 4.1, "eta_s": 100})
+        state.advance_phase(job_id, "training")
         for step in (2, 4):
             save_checkpoint(layout, job_id, step)
             state.emit(job_id, "checkpoint", {"step": step})
@@ -57,5 +61,8 @@ def test_watch_prints_evaluations_that_finish_after_training(gateway, layout, re
     assert "state: succeeded" in text
     assert "evaluated step 2: accuracy 0.500" in text and "evaluated step 4: accuracy 1.000" in text
     assert "exported flowers version 2" in text
+    assert "phase: features" in text and "phase: training" in text
+    features_line = next(line for line in text.splitlines() if line.startswith("features"))
+    assert features_line.endswith("312/736 · 4.1 img/s · 1:40 left"), features_line
     assert text.index("state: succeeded") < text.index("evaluated step 4") < text.rstrip().rindex(
         f"{job_id}: succeeded")

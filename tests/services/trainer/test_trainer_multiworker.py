@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parents[2] / "incept" / "training"))
-from helpers_training import make_dataset, make_run  # noqa: E402
+from helpers_training import TINY_HEADS, make_dataset, make_run  # noqa: E402
 
 REPO = Path(__file__).parents[3]
 
@@ -45,6 +47,46 @@ def test_two_workers_agree_and_only_the_chief_writes(layout, redis_url, redis_co
     chief = outputs[[w for w, _ in digests].index(0)]
     other = outputs[[w for w, _ in digests].index(1)]
     assert '"event": "checkpoint"' in chief and '"event": "checkpoint"' not in other
+
+
+def test_two_workers_split_the_head_only_feature_pass(layout, redis_url, tmp_path):
+    """Each worker computes its shard of the features into the cache, the chief
+    trains the heads on the union: the cache and the heads equal a one-worker run's."""
+    import numpy as np
+
+    from incept.checkpoints import list_checkpoints, restore_for_inference
+    from incept.layout import Layout
+    from incept.training.trainer import train
+
+    spec = dict(trainable_scopes=TINY_HEADS, augment=False, max_steps=12, batch_size=8,
+                checkpoint_every_steps=6, learning_rate=0.05)
+    make_dataset(layout)
+    run, _ = make_run(layout, "hmulti", **spec)
+    outputs = [err for code, err in _finish(_start_workers(layout, redis_url, "hmulti"))
+               if code == 0 or pytest.fail(err[-4000:])]
+    done = sorted((_done(text) for text in outputs), key=lambda d: d["worker"])
+    assert [d["worker"] for d in done] == [0, 1]
+    assert done[0]["step"] == 12 and done[1] == {**done[1], "step": 0, "features_only": True}
+    assert list_checkpoints(run) == [6, 12]
+    # Each worker computed half of each split (shard parts, joined by the chief).
+    assert all("computed" in text and ".part" not in "".join(
+        str(p) for p in layout.feature_cache.rglob("*")) for text in outputs)
+
+    single = Layout(tmp_path / "single").ensure()
+    make_dataset(single)
+    single_run, _ = make_run(single, "hone", **spec)
+    train("hone", single)
+    cached = {p.relative_to(layout.feature_cache): np.load(p) for p in layout.feature_cache.rglob("*.npy")}
+    alone = {p.relative_to(single.feature_cache): np.load(p) for p in single.feature_cache.rglob("*.npy")}
+    assert cached.keys() == alone.keys() and len(cached) == 4  # 2 splits x (pre_logits, aux)
+    for name, value in alone.items():
+        np.testing.assert_allclose(cached[name].astype(np.float32), value.astype(np.float32),
+                                   rtol=2e-3, atol=2e-3)
+    two = restore_for_inference(run, layout=layout).model
+    one = restore_for_inference(single_run, layout=single).model
+    for layer in ("Logits.Logits", "AuxLogits.Aux_logits"):
+        for a, b in zip(two.get_layer(layer).weights, one.get_layer(layer).weights, strict=True):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
 
 
 def _start_workers(layout, redis_url, job_id):
