@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
+import redis.asyncio
 from redis.exceptions import WatchError
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
@@ -115,10 +116,8 @@ class JobState:
     def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None,
                count: int = 100) -> list[tuple[str, str, dict[str, Any]]]:
         """Events after stream id ``after``: (id, type, data). Blocks up to ``block_ms``."""
-        resp: Any = self.conn.xread({_events_key(job_id): after}, count=count,
-                                    block=block_ms)
-        return [(_text(eid), _text(fields[b"type"]), json.loads(fields[b"data"]))
-                for _key, entries in resp or [] for eid, fields in entries]
+        return _parse_events(self.conn.xread({_events_key(job_id): after}, count=count,
+                                             block=block_ms))
 
     def set_state(self, job_id: str, state: str, **fields: Any) -> None:
         if state not in STATES:
@@ -158,6 +157,19 @@ def _job_keys(job_id: str) -> tuple[str, ...]:
 def _expire_finished(pipe: redis.client.Pipeline, job_id: str) -> None:
     for key in _job_keys(job_id):
         pipe.expire(key, FINISHED_JOB_TTL_S)
+
+
+def _parse_events(resp: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(_text(eid), _text(fields[b"type"]), json.loads(fields[b"data"]))
+            for _key, entries in resp or [] for eid, fields in entries]
+
+
+async def read_events(aconn: redis.asyncio.Redis, job_id: str, after: str = "0-0",
+                      block_ms: int | None = None, count: int = 100) -> list[tuple[str, str, dict[str, Any]]]:
+    """``JobState.events`` over an asyncio connection: a client blocked on its
+    job's stream holds no thread (the gateway's live event streams)."""
+    resp: Any = await aconn.xread({_events_key(job_id): after}, count=count, block=block_ms)
+    return _parse_events(resp)
 
 
 def record_once(conn: redis.Redis, job_id: str, marker: str,

@@ -9,6 +9,7 @@ import contextlib
 
 import psutil
 import redis
+import redis.asyncio
 from rq import Queue, Retry, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -51,6 +52,12 @@ def rq_queue(conn: redis.Redis, name: str) -> Queue:
 def fetch_request(conn: redis.Redis, request_id: str) -> Job:
     """The rq job of a request; raises rq's NoSuchJobError."""
     return Job.fetch(request_id, connection=conn, serializer=SERIALIZER)
+
+
+def connect_async(url: str, *, timeout_s: float = 5.0) -> redis.asyncio.Redis:
+    """An asyncio connection (the gateway's live event streams), same timeouts."""
+    return redis.asyncio.Redis.from_url(url, socket_timeout=timeout_s,
+                                        socket_connect_timeout=timeout_s, health_check_interval=30)
 
 
 def request_id(kind: str, *parts: object) -> str:

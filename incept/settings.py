@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     max_archive_files: int = Field(100_000, description="Most entries (files and folders) in a dataset archive.")
     max_unpacked_bytes: int = Field(8 * 1024**3, description="Largest unpacked size of a dataset archive.")
     max_compression_ratio: float = Field(200.0, description="Highest unpacked/packed ratio of an archive (zip bombs).")
+    max_event_streams: int = Field(200, ge=1, description="Live job event streams one gateway holds open (429 beyond).")
+    event_stream_max_s: float = Field(
+        3600.0, gt=0, description="Longest a job event stream stays open; the client reconnects with Last-Event-ID.")
     max_concurrent_uploads: int = Field(2, ge=1, description="Dataset uploads one gateway receives at once (429 beyond).")
     min_free_bytes: int = Field(
         1024**3, ge=0, description="Free space the data volume keeps: uploads are refused (507) below it; /readyz reports it.")

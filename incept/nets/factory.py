@@ -61,6 +61,12 @@ def register(info: NetInfo) -> NetInfo:
     return info
 
 
+def net_names() -> list[str]:
+    """Every registered net (importing the built-in ones first)."""
+    _load_builtin()
+    return sorted(NETS)
+
+
 def net_info(name: str) -> NetInfo:
     _load_builtin()
     try:

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from incept.errors import ApiError, UserError
 from incept.jobstate import JobState
-from incept.queues import connect
+from incept.queues import connect, connect_async
 from incept.serving.backend import PredictionBackend
 from incept.settings import Settings
 from incept.spec import SpecError
@@ -28,7 +28,8 @@ from services.gateway.launchers.base import Launcher
 from services.gateway.metrics import GatewayMetrics, PlatformCollector
 from services.gateway.routes import classify, datasets, health, jobs, models, page, schemas, v2
 from services.gateway.routes.page import STATIC_DIR
-from services.gateway.uploads import UploadSlots, clean_stale_uploads
+from services.gateway.slots import Slots
+from services.gateway.uploads import clean_stale_uploads
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,12 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.layout.ensure()
+        # Keras and TensorFlow are imported here, once, before any request: the
+        # first submissions validate specs in several threads at once, and
+        # TensorFlow's import is not safe to run concurrently.
+        from incept.nets import net_names
+
+        await run_in_threadpool(net_names)
         try:  # what a crashed gateway or worker left behind; never a reason not to start
             await run_in_threadpool(clean_stale_uploads, app.state.layout, app.state.redis)
         except Exception as e:
@@ -201,6 +208,7 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
                 await oip_grpc.stop(grace=1)
             await app.state.backend.close()
             app.state.redis.close()
+            await app.state.async_redis.aclose()
 
     docs: dict[str, Any] = ({} if settings.api_docs
                             else {"docs_url": None, "redoc_url": None, "openapi_url": None})
@@ -215,8 +223,10 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
     app.state.layout = settings.layout
     app.state.metrics = metrics
     app.state.pixel_budget = PixelBudget(settings.max_inflight_pixels)
-    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
+    app.state.upload_slots = Slots(settings.max_concurrent_uploads, "uploads")
+    app.state.event_streams = Slots(settings.max_event_streams, "event streams", retry_after_s=5)
     app.state.redis = connect(settings.redis_url)
+    app.state.async_redis = connect_async(settings.redis_url)
     app.state.backend = backend or make_backend(settings, metrics)
     metrics.registry.register(PlatformCollector(JobState(app.state.redis), settings.layout))
     app.state.launcher_error = None

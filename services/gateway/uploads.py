@@ -1,6 +1,5 @@
 """Dataset uploads on the volume: one claim per name (the first upload wins,
-the others get 409), a cap on uploads at once per gateway, the free space the
-volume keeps, the body written to disk off the event loop, and ``uploads/``
+the others get 409), the free space the volume keeps, the body written to disk off the event loop, and ``uploads/``
 cleaned of what a crashed gateway or worker left behind."""
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import redis
@@ -50,26 +49,6 @@ def claim_name(conn: redis.Redis, name: str) -> str:
 def release_name(conn: redis.Redis, name: str, token: str) -> None:
     with contextlib.suppress(redis.RedisError):  # it expires anyway
         conn.eval(_RELEASE, 1, _claim_key(name), token)
-
-
-class UploadSlots:
-    """Uploads one gateway accepts at once; beyond, 429 (each may hold a 2 GB
-    body on disk and a multi-GB extraction)."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.active = 0
-
-    @contextlib.contextmanager
-    def slot(self) -> Iterator[None]:
-        if self.active >= self.limit:
-            raise ApiError(f"{self.active} uploads are in progress (the limit is {self.limit}); "
-                           "try again later", status_code=429, headers={"Retry-After": "30"})
-        self.active += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
 
 
 def free_bytes(layout: Layout) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -32,6 +33,7 @@ def locked_down(tmp_path, redis_server, exported_models):
         else:
             (path / "a").mkdir(parents=True)
             (path / "a" / "1.jpg").write_bytes(b"x")
+    (tmp_path / "data" / "datasets" / "shapes").mkdir(parents=True)  # a job's dataset
     hours_ago = time.time() - 3 * 3600
     for folder, _dirs, files in os.walk(uploads):
         for entry in [folder, *(os.path.join(folder, f) for f in files)]:
@@ -44,8 +46,17 @@ def locked_down(tmp_path, redis_server, exported_models):
     stop_system(system)
 
 
+SPEC = {"dataset": "shapes", "model_name": "tiny", "image_size": 32, "batch_size": 8,
+        "max_steps": 10}
+
+
 def test_a_locked_down_gateway(locked_down):
     system = locked_down
+    # The first requests after start: concurrent submissions all see every net
+    # (issue 14, 11b: the nets registry was marked loaded before it was filled).
+    with ThreadPoolExecutor(8) as pool, system.client(headers=AUTH) as http:
+        codes = list(pool.map(lambda _: http.post("/v1/jobs", json=SPEC), range(8)))
+    assert [r.status_code for r in codes] == [202] * 8, [r.text for r in codes]
     assert system.uploads_left() == ["0456receiving"]  # the abandoned upload is gone
     with system.client() as anonymous, system.client(headers=AUTH) as http:
         for path in ("/docs", "/redoc", "/openapi.json"):

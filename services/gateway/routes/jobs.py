@@ -6,14 +6,16 @@ import asyncio
 import json
 import logging
 import re
+import time
 from typing import Annotated, Any
 
 import redis
 from fastapi import APIRouter, Body, Header, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from incept.jobstate import STREAM_MAXLEN, TERMINAL_STATES
+from incept.jobstate import STREAM_MAXLEN, TERMINAL_STATES, read_events
 from services.gateway import jobview, service
 from services.gateway.deps import (
     Authorized,
@@ -78,9 +80,14 @@ async def job_events(job_id: JobId, request: Request, layout: LayoutDep, state: 
     """The job's event stream, from ``Last-Event-ID`` on. It stays open after
     training ends until every checkpoint has its evaluation outcome (the
     evaluator works on the last checkpoints after the trainer is done) and its
-    events were sent, then says ``end`` and closes."""
+    events were sent, then says ``end`` and closes. Each stream is open at most
+    ``event_stream_max_s`` (the client reconnects with ``Last-Event-ID``), and a
+    gateway holds at most ``max_event_streams`` (429 beyond)."""
     after = stream_position(last_event_id)
     await run_in_threadpool(service.find_job, layout, state, job_id, full=False)
+    app_state = request.app.state
+    lease = app_state.event_streams.take()
+    deadline = time.monotonic() + app_state.settings.event_stream_max_s
 
     async def stream():
         nonlocal after
@@ -88,9 +95,9 @@ async def job_events(job_id: JobId, request: Request, layout: LayoutDep, state: 
         final_state: str | None = None  # set once training is over
         announced: set[tuple[str, int]] | None = None  # (kind, step) of outcome events sent so far
         waiting: list[int] | None = None
-        while not await request.is_disconnected():
-            try:
-                events = await run_in_threadpool(state.events, job_id, after, SSE_POLL_MS)
+        while time.monotonic() < deadline and not await request.is_disconnected():
+            try:  # asyncio Redis: a blocked read holds no thread of the pool
+                events = await read_events(app_state.async_redis, job_id, after, SSE_POLL_MS)
             except redis.RedisError:
                 yield ServerSentEvent(json.dumps({"error": "redis unavailable"}), event="error")
                 await asyncio.sleep(2)
@@ -129,8 +136,17 @@ async def job_events(job_id: JobId, request: Request, layout: LayoutDep, state: 
                     continue
             yield _KEEP_ALIVE
 
-    # The stream sends its own keep-alive every poll round, so no extra pings.
-    return EventSourceResponse(stream(), sep="\n", ping=_NO_PING_S)
+    async def released():
+        try:
+            async for event in stream():
+                yield event
+        finally:
+            lease.release()
+
+    # The stream sends its own keep-alive every poll round, so no extra pings; the
+    # background task releases a stream that never started (a client gone at once).
+    return EventSourceResponse(released(), sep="\n", ping=_NO_PING_S,
+                               background=BackgroundTask(lease.release))
 
 
 _STREAM_ID_MAX = 2**64 - 1
