@@ -261,10 +261,10 @@ def child(args) -> None:
     if args.child == "head-timed":
         print(*head_only_job_seconds(args.root, args.size))
         return
-    layout = Layout(args.root).ensure()
-    dataset, job = memory_dataset(args.images), f"mem-{args.child}-{args.images}"
     if args.child == "head-cached":
         shutil.copytree(args.datasets_from / "cache", args.root / "cache")
+    layout = Layout(args.root).ensure()
+    dataset, job = memory_dataset(args.images), f"mem-{args.child}-{args.images}"
     if args.child in ("head", "head-cached"):
         spec = seed_spec(dataset, args.model, args.size, epochs=None, max_steps=20)
     else:
