@@ -10,7 +10,7 @@ DATA     ?=
 CHECKPOINT ?=
 DATA_ROOT ?= $(CURDIR)/var
 
-.PHONY: up down test lint pytest bench venv browser tools tensorboard clean
+.PHONY: up down test lint typecheck import-contracts pytest bench venv browser tools tensorboard clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -57,8 +57,15 @@ tensorboard: venv
 	$(BIN)/tensorboard --logdir "$(DATA_ROOT)/runs" --host 127.0.0.1 --port 6006
 
 # ruff, and the import-linter contracts in pyproject.toml (layers point one way).
+# The reference for every static check (.pre-commit-config.yaml runs the same three).
 lint: venv
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory typecheck import-contracts
+
+typecheck: venv
+	$(BIN)/python -m mypy
+
+import-contracts: venv
 	$(BIN)/lint-imports
 
 pytest: venv browser tools
