@@ -227,9 +227,12 @@ class InferenceRestorer:
                                   f"(complete: {steps or 'none'})")
         step = int(step)
         prefix = checkpoint_prefix(self.run, step)
+        reader = self.checkpoint
         partial = frozen_unchanged and self.read_whole and self.averages_only is not None
+        if partial and self.averages_only is not None:
+            reader = self.averages_only
         try:
-            status = (self.averages_only if partial else self.checkpoint).read(str(prefix))
+            status = reader.read(str(prefix))
             status.assert_existing_objects_matched().expect_partial()
             self.read_whole = self.read_whole or not partial
         except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError, RuntimeError) as e:

@@ -60,7 +60,7 @@ class ExportResult:
     path: Path
     # Seconds spent: "trace" (building the serving function; 0 when a kept
     # archive was reused), "save" (writing the SavedModel), "fsync", "total".
-    seconds: dict = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def top_k(num_classes: int) -> int:

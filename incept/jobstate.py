@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 import redis.asyncio
 from redis.exceptions import WatchError
+
+if TYPE_CHECKING:
+    from incept.layout import RunLayout
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelling", "cancelled")
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -205,7 +208,7 @@ def record_once(conn: redis.Redis, job_id: str, marker: str,
                 continue  # someone wrote the hash or the marker meanwhile: look again
 
 
-def all_evaluated(run) -> bool:
+def all_evaluated(run: RunLayout) -> bool:
     """The trainer succeeded (``runs/<id>/status.json``) and every checkpoint it
     kept has an evaluation result or error record: the job's last phase. The
     trainer asks after writing its final state, the evaluator after writing

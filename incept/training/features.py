@@ -183,7 +183,7 @@ def save_entry(path: Path, arrays: dict) -> None:
         log.info("feature cache entry %s was written concurrently (%s)", path.name, e)
 
 
-def _load(path: Path, count: int) -> dict | None:
+def _load(path: Path, count: int) -> dict[str, np.ndarray] | None:
     """The entry's arrays, memory-mapped: pages are read when used and belong to
     the page cache, so a large cache does not have to fit in the process."""
     if not path.is_dir():
@@ -235,7 +235,7 @@ def _plan(cache_root: Path, key: str, dataset_dir, split: str, views: list[int])
         arrays = _load(plan.entry(cache_root, key, view), len(fps))
         if arrays is None:
             plan.missing.append(view)
-        plan.feats.views.append(arrays)
+        plan.feats.views.append(arrays or {})  # a missing view is filled by _complete
     plan.feats.hits = len(views) - len(plan.missing)
     return plan
 
@@ -255,7 +255,10 @@ def _complete(plan: _Plan, model, cache_root: Path, key: str, dataset_dir, image
                 _join_parts(plan.entry(cache_root, key, view), shard.count, total)
         barrier()  # the chief has joined them
     for view in plan.missing:
-        plan.feats.views[plan.views.index(view)] = _load(plan.entry(cache_root, key, view), total)
+        stored = _load(plan.entry(cache_root, key, view), total)
+        if stored is None:
+            raise RuntimeError(f"feature cache entry for view {view} was not written")
+        plan.feats.views[plan.views.index(view)] = stored
     plan.feats.computed = len(plan.missing)
     plan.feats.compute_seconds = time.perf_counter() - t0 if plan.missing else 0.0
     return plan.feats
@@ -297,8 +300,9 @@ def _join_parts(path: Path, count: int, total: int) -> None:
     """The whole entry from the shards' parts (image i is row i // count of part
     i mod count), then the parts are removed."""
     shard_paths = [Shard(i, count).part_path(path) for i in range(count)]
-    parts = [_load(p, Shard(i, count).size(total)) for i, p in enumerate(shard_paths)]
-    if any(p is None for p in parts):
+    loaded = [_load(p, Shard(i, count).size(total)) for i, p in enumerate(shard_paths)]
+    parts = [p for p in loaded if p is not None]
+    if len(parts) != count:
         raise RuntimeError(f"feature cache {path.name}: a worker's part is missing")
     whole = {}
     for name in parts[0]:
