@@ -92,7 +92,7 @@ async def drive(url: str, token: str | None, model: str, images: list[bytes], co
             i += concurrency
             start = time.perf_counter()
             try:
-                r = await http.post(f"/v1/models/{model}:predict",
+                r = await http.post(f"/v1/classify/{model}",
                                     files=[("images", ("image.jpg", body, "image/jpeg"))])
                 ok = r.status_code == 200 and r.json().get("predictions")
                 if not ok:
