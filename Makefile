@@ -10,7 +10,8 @@ DATA     ?=
 CHECKPOINT ?=
 DATA_ROOT ?= $(CURDIR)/var
 
-.PHONY: up down test lint typecheck import-contracts pytest bench venv browser tools tensorboard clean
+.PHONY: up down test lint typecheck import-contracts pytest bench venv browser tools tensorboard clean \
+        podman images compose-up compose-down
 
 $(STAMP): requirements.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
@@ -47,6 +48,49 @@ $(TOOLS)/npm/.installed-%: requirements-tools.lock
 
 tools: $(TOOLS_STAMP)
 
+# Containers with Debian's daemonless podman (no Docker engine or registry
+# needed): podman, buildah, runc, debootstrap from apt; podman-compose from
+# requirements-tools.lock; the project's containers.conf via CONTAINERS_CONF.
+PODMAN_CONF := $(CURDIR)/docker/podman/containers.conf
+PODMAN_ENV  := CONTAINERS_CONF=$(PODMAN_CONF)
+IMAGE_TAG   := 0.1.0
+# What `make images` builds: compose and the k8s tests run these instead of the
+# official names (docker-compose.yml reads the *_IMAGE variables).
+LOCAL_IMAGES := GATEWAY_IMAGE=localhost/incept-gateway:$(IMAGE_TAG) \
+                EVALUATOR_IMAGE=localhost/incept-evaluator:$(IMAGE_TAG) \
+                TRAINER_IMAGE=localhost/incept-trainer:$(IMAGE_TAG) \
+                TENSORBOARD_IMAGE=localhost/incept-tensorboard:$(IMAGE_TAG) \
+                TFSERVING_IMAGE=localhost/incept-tfserving-standin:$(IMAGE_TAG) \
+                REDIS_IMAGE=localhost/incept-redis:7.0
+COMPOSE_ENV     ?= .env
+COMPOSE_PROJECT ?= incept
+COMPOSE := $(PODMAN_ENV) $(LOCAL_IMAGES) $(TOOLS)/bin/podman-compose --env-file $(COMPOSE_ENV) \
+           -p $(COMPOSE_PROJECT) -f docker-compose.yml -f docker-compose.cpu.yml
+
+podman:
+	@for tool in podman buildah runc debootstrap; do command -v $$tool >/dev/null 2>&1 || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian's podman, buildah, runc and debootstrap for the container tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap >/dev/null \
+	    || { echo "error: could not install podman buildah runc debootstrap with apt-get (root needed)"; exit 1; }; \
+	fi
+
+# Base images from debootstrap (cached: skipped when present), then every image
+# in docker/ (podman's layer cache and a pip cache mount make rebuilds quick).
+images: podman
+	$(PODMAN_ENV) docker/podman/images.sh
+
+compose-up: tools podman
+	@test -f "$(COMPOSE_ENV)" || { echo "error: no $(COMPOSE_ENV): cp .env.example .env and set INCEPT_API_TOKENS"; exit 1; }
+	@for image in $(foreach i,$(LOCAL_IMAGES),$(word 2,$(subst =, ,$(i)))); do \
+	  $(PODMAN_ENV) podman image exists $$image || { echo "error: image $$image is missing: run 'make images' first"; exit 1; }; \
+	done
+	$(COMPOSE) up -d --no-build
+	@echo "compose stack up: gateway on http://127.0.0.1:$$(sed -n 's/^GATEWAY_PORT=//p' $(COMPOSE_ENV) | tail -1 | grep . || echo 8000)/"
+
+compose-down: tools podman
+	$(COMPOSE) down
+
 up: venv
 	$(BIN)/incept up --port $(PORT) --data-root "$(DATA_ROOT)" $(if $(DATA),--data "$(DATA)") $(if $(CHECKPOINT),--checkpoint "$(CHECKPOINT)")
 
@@ -68,8 +112,9 @@ typecheck: venv
 import-contracts: venv
 	$(BIN)/lint-imports
 
-pytest: venv browser tools
-	$(BIN)/python -m pytest -q
+# The container tests (tests/deploy) run the images `make images` built.
+pytest: venv browser tools images
+	$(PODMAN_ENV) $(BIN)/python -m pytest -q
 
 test: lint pytest
 

@@ -4,26 +4,36 @@
 # TensorFlow CPU is in the image because the in-process backend and the gRPC
 # client (tensorflow-serving-api) need it.
 
-FROM python:3.11.14-slim-bookworm AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# The base image: the official one by default; `make images` passes one built
+# from Debian packages (no registry is reachable where this is tested).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.lock pyproject.toml docker/runtime-extras.txt ./
-# Runtime dependencies only (no test tools), every version pinned by the lock.
-RUN pip install --no-cache-dir --constraint requirements.lock setuptools wheel
+# Runtime dependencies only (no test tools), every version pinned by the lock,
+# in a layer of their own: the same instructions in every image's Dockerfile, so
+# the builder's layer cache builds it once for all of them and keeps it while
+# only the code changes. pip's downloads stay in a cache mount across builds.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > runtime-requirements.txt \
+ && pip install --constraint requirements.lock setuptools wheel -r runtime-requirements.txt \
+ && pip install --no-deps --constraint requirements.lock -r runtime-extras.txt
 COPY incept ./incept
 COPY services ./services
-RUN pip install --no-cache-dir --no-build-isolation --constraint requirements.lock . \
- && pip install --no-cache-dir --no-deps --constraint requirements.lock -r runtime-extras.txt
+RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
-FROM python:3.11.14-slim-bookworm
-LABEL org.opencontainers.image.title="incept-gateway" \
-      org.opencontainers.image.description="incept HTTP API and web page"
+FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 incept \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin incept \
  && mkdir /data && chown 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
+LABEL org.opencontainers.image.title="incept-gateway" \
+      org.opencontainers.image.description="incept HTTP API and web page"
 COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/incept-healthcheck
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -2,14 +2,19 @@
 # TensorBoard over the shared volume's runs/ (training and evaluation summaries).
 #   docker build -f docker/tensorboard.Dockerfile -t incept-tensorboard:0.1.0 .
 
-FROM python:3.11.14-slim-bookworm AS build
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+# The base image: the official one by default; `make images` passes one built
+# from Debian packages (no registry is reachable where this is tested).
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.lock docker/tensorboard-requirements.txt /src/
-RUN pip install --no-cache-dir --constraint /src/requirements.lock -r /src/tensorboard-requirements.txt
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --constraint /src/requirements.lock -r /src/tensorboard-requirements.txt
 
-FROM python:3.11.14-slim-bookworm
+FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="incept-tensorboard"
 RUN groupadd --gid 10001 incept \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin incept

@@ -4,6 +4,7 @@ unique name.)"""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -58,6 +59,13 @@ def env_example() -> dict[str, str]:
             key, value = line.split("=", 1)
             pairs[key.strip()] = value.strip()
     return pairs
+
+
+def default_image(value: str) -> str:
+    """A compose `image:` as users get it: `${X_IMAGE:-name}` -> name."""
+    m = re.fullmatch(r"\$\{\w+_IMAGE:-([^}]+)\}", value)
+    assert m, f"image {value!r} is not overridable as ${{NAME_IMAGE:-default}}"
+    return m.group(1)
 
 
 def render_overlays() -> dict[str, list[dict]]:

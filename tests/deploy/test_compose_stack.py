@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from deploy_support import COMPOSE_SCHEMA, REPO, env_example
+from deploy_support import COMPOSE_SCHEMA, REPO, default_image, env_example
 
 from incept.settings import Settings
 
@@ -88,15 +88,15 @@ def test_schema_rejects_a_misspelt_key(validator, compose):
 
 
 def test_every_volume_config_build_and_dependency_exists(compose):
-    volumes, configs, services = compose["volumes"], compose["configs"], compose["services"]
-    for config in configs.values():
-        assert (REPO / config["file"]).is_file(), config
+    volumes, services = compose["volumes"], compose["services"]
+    assert "configs" not in compose, "podman-compose does not mount configs: use a bind mount"
     for name, svc in services.items():
         for mount in svc.get("volumes", []):
             source = mount.split(":")[0]
-            assert source in volumes, (name, source)
-        for config in svc.get("configs", []):
-            assert config["source"] in configs, (name, config)
+            if source.startswith("./"):  # a read-only bind mount of a file in the repository
+                assert (REPO / source).is_file() and mount.endswith(":ro"), (name, mount)
+            else:
+                assert source in volumes, (name, source)
         if "build" in svc:
             assert (REPO / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file(), name
         for dep, cond in svc.get("depends_on", {}).items():
@@ -108,7 +108,7 @@ def test_every_volume_config_build_and_dependency_exists(compose):
 
 
 def test_images_are_pinned_and_agree_with_kubernetes_and_settings(compose, rendered):
-    images = {n: s["image"] for n, s in compose["services"].items()}
+    images = {n: default_image(s["image"]) for n, s in compose["services"].items()}
     for name, image in images.items():
         assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+[-\w.]*", image), (name, image)
     k8s_images = {c["image"] for o in rendered["gpu"] if o["kind"] in ("Deployment", "StatefulSet")
@@ -177,7 +177,9 @@ def test_addresses_and_ports_point_at_real_services(compose):
     assert services["tfserving"]["entrypoint"] == ["tensorflow_model_server"]
     assert services["gateway"]["ports"] == ["${GATEWAY_PORT:-8000}:8000"]
     assert gateway_env["INCEPT_PORT"] == "8000"
-    assert services["tensorboard"]["ports"] == ["127.0.0.1:6006:6006"]
+    assert services["tensorboard"]["ports"] == ["127.0.0.1:${TENSORBOARD_PORT:-6006}:6006"]
+    assert services["tfserving"]["ports"] == ["127.0.0.1:${TFSERVING_GRPC_PORT:-8500}:8500",
+                                              "127.0.0.1:${TFSERVING_REST_PORT:-8501}:8501"]
     assert services["tensorboard"]["command"][-2:] == ["--port", "6006"]
     redis = services["redis"]["command"]
     assert redis[redis.index("--appendonly") + 1] == "yes"
@@ -197,8 +199,8 @@ def test_all_services_share_one_volume_at_one_path(compose):
     tfserving = compose["services"]["tfserving"]
     assert "--model_config_file=/data/serving/models.config" in tfserving["command"]
     assert compose["services"]["tfserving-config"]["command"] == ["incept-tfserving-config", "watch"]
-    batching = [c["target"] for c in tfserving["configs"]]
-    assert [f"--batching_parameters_file={t}" for t in batching] == [
+    batching = [m.split(":")[1] for m in tfserving["volumes"] if m.endswith("batching.config:ro")]
+    assert batching and [f"--batching_parameters_file={t}" for t in batching] == [
         a for a in tfserving["command"] if a.startswith("--batching_parameters_file=")]
 
 

@@ -11,7 +11,7 @@ import copy
 import re
 
 import pytest
-from deploy_support import OVERLAYS, REPO, pod_specs
+from deploy_support import OVERLAYS, REPO, default_image, pod_specs
 
 from incept.settings import Settings
 from services.gateway.launchers.kubernetes import build_job
@@ -202,7 +202,7 @@ def test_tfserving_is_the_stock_image_of_the_locked_tensorflow(rendered, compose
     tf = lock["tensorflow-cpu"]
     assert lock["tensorflow-serving-api"] == tf
     expected = f"tensorflow/serving:{tf}"
-    assert compose["services"]["tfserving"]["image"] == expected
+    assert default_image(compose["services"]["tfserving"]["image"]) == expected
     for overlay in OVERLAYS:
         pod = objects(rendered, overlay, "Deployment")["tfserving"]["spec"]["template"]["spec"]
         containers = {c["name"]: c for c in pod["containers"]}

@@ -28,6 +28,18 @@ BAD_POD = {
 BAD_DOCKERFILE = "FROM python:latest\nRUN apt-get update && apt-get install -y curl\nADD . /app\n"
 
 
+def with_default_bases(text: str) -> str:
+    """The Dockerfile with ${ARG} in its FROM lines replaced by the ARG's default."""
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)", text, re.M))
+    return re.sub(r"^(FROM\s+)\$\{(\w+)\}", lambda m: m.group(1) + args[m.group(2)], text,
+                  flags=re.M)
+
+
+def base_images(text: str) -> list[str]:
+    """Every FROM's image, as users build it."""
+    return re.findall(r"^FROM\s+(\S+)", with_default_bases(text), re.M)
+
+
 @pytest.fixture(scope="module")
 def checkov_report(tmp_path_factory, rendered, templates) -> list[dict]:
     scan = tmp_path_factory.mktemp("checkov")
@@ -39,7 +51,9 @@ def checkov_report(tmp_path_factory, rendered, templates) -> list[dict]:
             job["metadata"]["namespace"] = "incept"
             (scan / f"template-{overlay}-{name}").write_text(yaml.safe_dump(job))
     for dockerfile in DOCKERFILES:
-        (scan / dockerfile.name).write_text(dockerfile.read_text())
+        # As users build it: the base-image build arguments at their defaults
+        # (checkov cannot see a tag through FROM ${PYTHON_IMAGE}).
+        (scan / dockerfile.name).write_text(with_default_bases(dockerfile.read_text()))
     control = scan / "control"
     control.mkdir()
     (control / "bad-pod.yaml").write_text(yaml.safe_dump(BAD_POD))
@@ -106,15 +120,25 @@ def test_hadolint_control_is_reported(tmp_path):
     assert {"DL3007", "DL3008"} <= {r["code"] for r in findings}
 
 
+
+
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_invariants(dockerfile):
     text = dockerfile.read_text()
-    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert len(froms) >= 2, "multi-stage: a build stage and a slim runtime stage"
-    for image in froms:
+    for image in base_images(text):
         # A full version tag on every base image (no floating minor or latest).
-        assert re.fullmatch(r"[a-z0-9./-]+:\d+\.\d+\.\d+[-\w.]*", image), image
-    assert re.search(r"^USER 10001:10001$", text, re.M)
-    assert re.search(r"^HEALTHCHECK .*\n\s+CMD \[", text, re.M)
-    assert "--constraint /src/requirements.lock" in text or "--constraint requirements.lock" in text
+        assert re.fullmatch(r"[a-z0-9./-]+:\d+\.\d+(\.\d+)?[-\w.]*", image), image
+    user = re.search(r"^USER (\d+):(\d+)$", text, re.M)
+    assert user and int(user.group(1)) > 0, "a numeric non-root user"
+    assert re.search(r"^HEALTHCHECK .*\n?\s*CMD \[", text, re.M)
     assert not re.search(r"(?i)^(ENV|ARG)\s+\S*(TOKEN|SECRET|PASSWORD)", text, re.M)
+    if dockerfile.name == "redis.Dockerfile":
+        # Debian's redis-server, nothing built: one stage; the stock image's uid.
+        assert user.groups() == ("999", "1000")
+        return
+    assert len(base_images(text)) >= 2, "multi-stage: a build stage and a slim runtime stage"
+    assert user.groups() == ("10001", "10001")
+    assert "--constraint /src/requirements.lock" in text or "--constraint requirements.lock" in text
+    # The base is a build argument defaulting to the official Python image.
+    assert "ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm\n" in text
+    assert re.findall(r"^FROM (\S+)", text, re.M)[-1] == "${PYTHON_IMAGE}"

@@ -19,7 +19,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
-SERVICE_DOCKERFILES = [REPO / f"docker/{n}.Dockerfile" for n in ("trainer", "evaluator", "gateway")]
+SERVICE_DOCKERFILES = [REPO / f"docker/{n}.Dockerfile"
+                       for n in ("trainer", "evaluator", "gateway", "tfserving-standin")]
 
 
 def closure(requirements: list[str]) -> set[str]:
@@ -60,7 +61,8 @@ def third_party_imports() -> dict[str, set[str]]:
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in ("incept", "services"):
+                # tests: the TF Serving stand-in image ships tests/fakes (checked below).
+                if top not in sys.stdlib_module_names and top not in ("incept", "services", "tests"):
                     found.setdefault(top, set()).add(str(path.relative_to(REPO)))
     return found
 
@@ -83,7 +85,34 @@ def test_extras_are_pinned_by_the_lock_and_installed_without_their_dependencies(
     for dockerfile in SERVICE_DOCKERFILES:
         text = dockerfile.read_text()
         assert "--no-deps --constraint requirements.lock -r runtime-extras.txt" in text, dockerfile
-        assert "--constraint requirements.lock ." in text, dockerfile
+        # pyproject's dependencies under the lock's pins, then the project without deps.
+        assert "['project']['dependencies']" in text, dockerfile
+        assert "--constraint requirements.lock setuptools wheel -r runtime-requirements.txt" in text
+        assert "--no-deps --no-build-isolation .\n" in text, dockerfile
+
+
+def build_stage_prefix(dockerfile) -> str:
+    text = dockerfile.read_text()
+    start = text.index("FROM ${PYTHON_IMAGE} AS build")
+    return text[start:text.index("--no-build-isolation .\n", start)]
+
+
+def test_the_images_share_one_dependency_layer():
+    """The same first instructions in every Python service image: podman's (and
+    Docker's) layer cache then installs TensorFlow and the rest once for all."""
+    prefixes = {d.name: build_stage_prefix(d) for d in SERVICE_DOCKERFILES}
+    assert len(set(prefixes.values())) == 1, prefixes
+
+
+def test_the_tfserving_standin_image_ships_the_double_it_imports():
+    text = (REPO / "docker/tfserving-standin.Dockerfile").read_text()
+    standin = (REPO / "docker/tfserving_standin.py").read_text()
+    assert "from tests.fakes.tfserving import" in standin
+    fakes = {line.split()[1] for line in (REPO / "tests/fakes/tfserving.py").read_text().splitlines()
+             if line.startswith("from tests.")}
+    for module in {"tests.fakes.tfserving", *fakes}:
+        assert module.replace(".", "/") + ".py" in text, module
+    assert "/usr/local/bin/tensorflow_model_server" in text
 
 
 def dockerignore_allows(path: str) -> bool:

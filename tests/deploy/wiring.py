@@ -297,7 +297,7 @@ def compose_form(compose: dict) -> Form:
     """docker compose: one container per service on one network, service names resolve."""
     dotenv, procs = env_example(), []
     for name, svc in compose["services"].items():
-        env = image_env(svc["image"]) | {k: interpolate(v, dotenv)
+        env = image_env(interpolate(svc["image"], dotenv)) | {k: interpolate(v, dotenv)
                                          for k, v in (svc.get("environment") or {}).items()}
         argv = _as_list(svc.get("entrypoint")) + _as_list(svc.get("command"))
         test = svc.get("healthcheck", {}).get("test", [])
