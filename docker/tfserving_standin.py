@@ -30,6 +30,7 @@ import argparse
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 from concurrent import futures
@@ -50,15 +51,16 @@ BANNER = "incept TF Serving stand-in (tests/fakes/tfserving.py; not TensorFlow S
 class ConfiguredModels(ServedModels):
     """ServedModels that follow a model config and new versions on disk."""
 
-    def __init__(self):  # noqa: D107 (the parent loads a folder; this starts empty)
-        self.models = {}
-        self.lock = threading.Lock()
+    def __init__(self):
+        with tempfile.TemporaryDirectory() as empty:  # the parent loads a folder: start empty
+            super().__init__(Path(empty))
         self.base_paths: dict[str, Path] = {}
 
     def configure(self, base_paths: dict[str, Path]) -> None:
         self.base_paths = dict(base_paths)
         for name in set(self.models) - set(base_paths):
             self.models.pop(name, None)
+            self.paths.pop(name, None)
             log(f"unloaded model {name} (no longer in the config)")
 
     def refresh(self) -> None:
@@ -71,6 +73,7 @@ class ConfiguredModels(ServedModels):
             except (OSError, ValueError, tf.errors.OpError) as e:
                 log(f"cannot load {name} version {versions[-1]}: {e}")
                 continue
+            self.paths[name] = base / str(versions[-1])
             self.models[name] = (versions[-1], loaded)
             log(f"model {name}: version {versions[-1]} AVAILABLE")
 
