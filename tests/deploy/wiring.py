@@ -160,17 +160,19 @@ def enqueuing_functions() -> dict[str, set[str]]:
 
 
 def enqueues_in(path: Path) -> set[str]:
-    """Queues a module enqueues to: calls of incept.queues' enqueuing functions,
-    or `Queue(X_QUEUE, ...).enqueue(...)` / `rq_queue(conn, X_QUEUE).enqueue(...)`."""
+    """Queues a module enqueues to: uses of incept.queues' enqueuing functions (called,
+    or handed to a thread pool), or `Queue(X_QUEUE, ...).enqueue(...)` /
+    `rq_queue(conn, X_QUEUE).enqueue(...)`."""
     functions, constants = enqueuing_functions(), _queue_constants()
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
+        used = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
+        if isinstance(node, (ast.Name, ast.Attribute)) and used in functions:
+            found |= functions[used]
         if not isinstance(node, ast.Call):
             continue
         func = node.func
         name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
-        if name in functions:
-            found |= functions[name]
         if name == "enqueue" and isinstance(func, ast.Attribute) and isinstance(func.value, ast.Call):
             # Queue(X_QUEUE, ...).enqueue or incept.queues.rq_queue(conn, X_QUEUE).enqueue
             args = [a for a in func.value.args if isinstance(a, ast.Name)]
