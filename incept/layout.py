@@ -10,6 +10,7 @@
     <root>/runs/<job_id>/eval/<step>.json   an evaluation result (written last, atomically)
     <root>/runs/<job_id>/eval/<step>.error.json   why a checkpoint cannot be evaluated
     <root>/runs/<job_id>/eval/       and TensorBoard eval summaries
+    <root>/runs/<job_id>/eval/<step>.images.json   per-image validation results
     <root>/models/<model_name>/<version>/   SavedModels polled by TF Serving
     <root>/cache/features/          frozen-backbone features for head-only jobs
     <root>/pretrained/              downloaded base checkpoints
@@ -44,6 +45,13 @@ def thumbnail_key(rel: str) -> str:
     """The name (without .jpg) of an image's thumbnail in its dataset, from the
     relative path the TFRecords keep as ``image/filename``."""
     return hashlib.sha1(rel.encode()).hexdigest()[:20]
+
+
+def thumbnail_file(dataset_dir: Path, key: str) -> Path:
+    """Where a converted dataset keeps the thumbnail ``key`` (refusing any other key)."""
+    if not _THUMBNAIL_KEY_RE.match(key):
+        raise ValueError(f"invalid thumbnail key {key!r}")
+    return dataset_dir / DATASET_THUMBNAILS / f"{key}.jpg"
 
 
 def check_name(name: str, what: str = "name") -> str:
@@ -183,6 +191,11 @@ class RunLayout:
     def best_evaluation(self) -> dict[str, Any] | None:
         return best_of(self.evaluations())
 
+    def eval_images(self, step: int) -> Path:
+        """Every validation image's outcome at ``step`` (file, thumbnail key, true and
+        predicted class, score, loss, open-set score), written before the result."""
+        return self.eval_dir / f"{int(step)}.images.json"
+
     @property
     def status(self) -> Path:
         """The trainer's last known state, mirrored from Redis so it survives Redis."""
@@ -208,9 +221,7 @@ class Layout:
         return self.datasets / check_name(name, "dataset name")
 
     def dataset_thumbnail(self, name: str, key: str) -> Path:
-        if not _THUMBNAIL_KEY_RE.match(key):
-            raise ValueError(f"invalid thumbnail key {key!r}")
-        return self.dataset(name) / DATASET_THUMBNAILS / f"{key}.jpg"
+        return thumbnail_file(self.dataset(name), key)
 
     @property
     def uploads(self) -> Path:

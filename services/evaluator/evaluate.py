@@ -193,6 +193,7 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
                         f"the checkpoint was trained on {restored.class_names}")
     image_size = spec.resolved_image_size()
     metrics = classification_metrics(validation.logits, validation.labels, restored.class_names)
+    _write_per_image(run, step, validation, open_set)
     compute_s = time.perf_counter() - started
 
     result = {
@@ -245,6 +246,33 @@ def _advance_phase(conn: redis.Redis, run: RunLayout) -> None:
         JobState(conn).advance_phase(run.job_id, "exported")
     except (redis.ConnectionError, redis.TimeoutError) as e:
         log.warning("job %s: phase not recorded, Redis is unavailable (%s)", run.job_id, e)
+
+
+def _write_per_image(run: RunLayout, step: int, validation, open_set) -> None:
+    """The sidecar the page's gallery reads: each validation image's outcome,
+    with the key of its thumbnail in the dataset (``incept.layout.thumbnail_key``)."""
+    import numpy as np
+
+    from incept.evaluation.metrics import finite_or_none, softmax
+    from incept.layout import thumbnail_key
+
+    labels = np.asarray(validation.labels, dtype=np.int64)
+    if len(validation.filenames) != len(labels):
+        # A head-only job's outputs come from the feature cache, which keeps no
+        # file names: no per-image record (the page says so) rather than a wrong one.
+        log.info("job %s step %d: no file names, no per-image results", run.job_id, step)
+        return
+    probs = softmax(validation.logits)
+    predicted = probs.argmax(axis=1)
+    true_p = probs[np.arange(len(labels)), labels]
+    losses = -np.log(np.clip(true_p, 1e-12, 1.0))
+    ood = (open_set[0](validation.logits, validation.pre_logits).numpy()
+           if open_set else np.full(len(labels), np.nan))
+    images = [{"file": f, "thumbnail": thumbnail_key(f), "label": int(t), "predicted": int(p),
+               "score": round(float(probs[i, p]), 6), "loss": finite_or_none(round(float(losses[i]), 6)),
+               "ood_score": finite_or_none(float(ood[i]))}
+              for i, (f, t, p) in enumerate(zip(validation.filenames, labels, predicted, strict=True))]
+    write_json_atomic(run.eval_images(step), {"job_id": run.job_id, "step": step, "images": images})
 
 
 def _write_summaries(run: RunLayout, step: int, result: dict) -> None:

@@ -26,7 +26,17 @@ from services.gateway.deps import Authorized
 from services.gateway.images import PixelBudget
 from services.gateway.launchers.base import Launcher
 from services.gateway.metrics import GatewayMetrics, PlatformCollector
-from services.gateway.routes import classify, datasets, health, jobs, models, page, schemas, v2
+from services.gateway.routes import (
+    classify,
+    datasets,
+    evaluations,
+    health,
+    jobs,
+    models,
+    page,
+    schemas,
+    v2,
+)
 from services.gateway.routes.page import STATIC_DIR
 from services.gateway.slots import Slots
 from services.gateway.uploads import clean_stale_uploads
@@ -243,6 +253,7 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
     # order (by the router and again by the metrics middleware), and predictions
     # are the hot path.
     for router in (models.router, v2.router, classify.router, health.router, jobs.router,
+                   evaluations.router,
                    datasets.router, schemas.router, page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

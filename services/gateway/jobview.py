@@ -131,3 +131,38 @@ def list_jobs(layout: Layout, state: JobState | None) -> list[dict]:
         if summary is not None:
             jobs.append(summary)
     return sorted(jobs, key=lambda j: j.get("created_at") or 0, reverse=True)
+
+
+SORTS = {"loss": lambda i: -(i.get("loss") or 0.0), "ood": lambda i: -(i.get("ood_score") or 0.0)}
+
+
+def eval_images(layout: Layout, job_id: str, step: int, *, true: int | None = None,
+                predicted: int | None = None, wrong_only: bool = False, sort: str = "loss",
+                limit: int = 48) -> dict | None:
+    """One evaluation's per-image results (``eval/<step>.images.json``), filtered
+    by true and predicted class, sorted (by loss or open-set score, highest
+    first) and cut to ``limit``; None when the evaluator wrote none."""
+    record = _read_json(layout.run(job_id).eval_images(step))
+    if not isinstance(record, dict) or not isinstance(record.get("images"), list):
+        return None
+    images = [i for i in record["images"] if isinstance(i, dict)
+              and (true is None or i.get("label") == true)
+              and (predicted is None or i.get("predicted") == predicted)
+              and (not wrong_only or i.get("label") != i.get("predicted"))]
+    images.sort(key=SORTS[sort])
+    return {"job_id": job_id, "step": step, "matched": len(images), "images": images[:limit]}
+
+
+def job_thumbnail(layout: Layout, job_id: str, key: str) -> Path | None:
+    """The thumbnail ``key`` in the job's dataset (None when there is none)."""
+    from incept.layout import thumbnail_file
+    from incept.spec import parse_spec
+
+    spec = _read_json(layout.run(job_id).spec)
+    if not isinstance(spec, dict):
+        return None
+    try:
+        path = thumbnail_file(parse_spec(spec).dataset_dir(layout), key)
+    except ValueError:  # a bad key, or a spec that no longer parses
+        return None
+    return path if path.is_file() else None

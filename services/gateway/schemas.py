@@ -285,3 +285,19 @@ class OipReady(BaseModel):
 
 class OipLive(BaseModel):
     live: bool
+
+class EvalImage(BaseModel):
+    file: str
+    thumbnail: str = Field(description="Key of its thumbnail: GET /v1/jobs/{job_id}/thumbnails/{key}.jpg")
+    label: int
+    predicted: int
+    score: float = Field(description="The predicted class's probability.")
+    loss: float | None = None
+    ood_score: float | None = None
+
+
+class EvalImages(BaseModel):
+    job_id: str
+    step: int
+    matched: int = Field(description="Images matching the filter (before the limit).")
+    images: list[EvalImage]

@@ -97,6 +97,7 @@ function renderCurves() {
 function renderConfusion(ev) {
   const table = $("#confusion");
   table.replaceChildren();
+  $("#evaluation").hidden = !ev || !ev.confusion_matrix;
   if (!ev || !ev.confusion_matrix) {
     $("#confusion-title").textContent = "Confusion matrix of the best step (no evaluation yet)";
     return;
@@ -106,13 +107,77 @@ function renderConfusion(ev) {
   table.append(h("tr", {}, h("td"), ...names.map((n) => h("th", { scope: "col", text: n }))));
   const max = Math.max(1, ...ev.confusion_matrix.flat());
   ev.confusion_matrix.forEach((row, i) => {
-    table.append(h("tr", {}, h("th", { scope: "row", text: names[i] }), ...row.map((count) => {
-      const td = h("td", { text: count });
-      td.style.background = `rgba(37, 99, 235, ${(0.85 * count) / max})`;
-      if (count / max > 0.5) td.style.color = "#fff";
+    table.append(h("tr", {}, h("th", { scope: "row", text: names[i] }), ...row.map((count, j) => {
+      const cell = h("button", { type: "button", class: "cell", "data-true": i, "data-predicted": j, text: count,
+        "aria-label": `${count} ${names[i]} photo${count === 1 ? "" : "s"} predicted as ${names[j]}: show them`,
+        onclick: () => loadGallery(ev, names, { true: i, predicted: j }) });
+      const td = h("td", {}, cell);
+      td.style.background = `rgba(29, 78, 216, ${(0.85 * count) / max})`;
+      if (count / max > 0.45) cell.classList.add("dark");
       return td;
     })));
   });
+  renderPerClass(ev, names);
+  loadGallery(ev, names, {});
+  loadUnusual(ev, names);
+}
+
+function renderPerClass(ev, names) {
+  const per = ev.per_class || {};
+  $("#per-class tbody").replaceChildren(...names.filter((n) => per[n]).map((n) => h("tr", {},
+    h("th", { scope: "row", text: n }), h("td", { text: pct(per[n].precision) }), h("td", { text: pct(per[n].recall) }),
+    h("td", { text: pct(per[n].f1) }), h("td", { text: per[n].support ?? "" }))));
+}
+
+function photo(item, names, jobId, caption) {
+  const img = h("img", { alt: `${names[item.label]} photo ${item.file}`, width: 96, height: 96, loading: "lazy" });
+  fetch(`/v1/jobs/${encodeURIComponent(jobId)}/thumbnails/${item.thumbnail}.jpg`, { headers: authHeaders() })
+    .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(String(r.status)))))
+    .then((b) => { img.src = URL.createObjectURL(b); })
+    .catch(() => { img.alt = `${item.file} (no thumbnail)`; });
+  return h("figure", { class: "photo", "data-file": item.file }, img, h("figcaption", {}, ...caption));
+}
+
+async function galleryItems(ev, query) {
+  const params = new URLSearchParams(Object.entries(query).map(([k, v]) => [k, String(v)]));
+  return api(`/v1/jobs/${encodeURIComponent(ev.job_id || selectedJob)}/evaluations/${ev.step}/images?${params}`);
+}
+
+// Misclassified validation photos of the best step, highest loss first; a
+// clicked confusion cell shows exactly its photos (right or wrong).
+async function loadGallery(ev, names, filter) {
+  const cell = filter.true != null;
+  for (const b of document.querySelectorAll("#confusion .cell")) {
+    b.setAttribute("aria-pressed", String(cell && +b.dataset.true === filter.true && +b.dataset.predicted === filter.predicted));
+  }
+  $("#gallery-title").textContent = cell
+    ? `${names[filter.true]} photos predicted as ${names[filter.predicted]} (step ${ev.step})`
+    : `Misclassified validation photos of step ${ev.step}, highest loss first`;
+  $("#gallery-all").hidden = !cell;
+  $("#gallery-all").onclick = () => loadGallery(ev, names, {});
+  try {
+    const found = await galleryItems(ev, cell ? { ...filter, limit: 60 } : { wrong: true, limit: 60 });
+    $("#gallery").replaceChildren(...found.images.map((i) => photo(i, names, ev.job_id || selectedJob, [
+      h("span", { text: `true: ${names[i.label]}` }), h("br"),
+      h("span", { text: `predicted: ${names[i.predicted]} ${pct(i.score)}` }), h("br"),
+      h("span", { class: "muted", text: `loss ${i.loss == null ? "?" : i.loss.toFixed(2)}` })])));
+    $("#gallery-count").textContent = found.matched > found.images.length
+      ? `showing ${found.images.length} of ${found.matched}` : `${found.matched} photo${found.matched === 1 ? "" : "s"}`;
+  } catch (e) {
+    $("#gallery").replaceChildren();
+    $("#gallery-count").textContent = e.status === 404 ? "No per-image results for this step (evaluated by an older evaluator)." : messageOf(e);
+  }
+}
+
+async function loadUnusual(ev, names) {
+  try {
+    const found = await galleryItems(ev, { sort: "ood", limit: 12 });
+    $("#unusual").replaceChildren(...found.images.filter((i) => i.ood_score != null).map((i) => photo(i, names, ev.job_id || selectedJob, [
+      h("span", { text: names[i.label] }), h("br"),
+      h("span", { class: "muted", text: `open-set score ${i.ood_score.toFixed(2)}` })])));
+  } catch {
+    $("#unusual").replaceChildren();
+  }
 }
 
 // Server-sent events through fetch (EventSource cannot send the bearer token).

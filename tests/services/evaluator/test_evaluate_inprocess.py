@@ -63,6 +63,22 @@ def test_evaluate_bless_export_and_duplicate(layout, redis_conn, dataset):
     # The calibration keeps 95 % of the validation images known.
     assert np.mean(~out["is_unknown"].numpy()) >= 0.95
 
+    # Every validation image's outcome, for the page's gallery: it agrees with the
+    # confusion matrix and with the export, and points at the dataset's thumbnails.
+    from incept.layout import thumbnail_file
+
+    per_image = json.loads(writer.run.eval_images(step).read_text())["images"]
+    assert len(per_image) == 9 and len({i["file"] for i in per_image}) == 9
+    confusion = np.zeros_like(np.array(result["confusion_matrix"]))
+    for i in per_image:
+        confusion[i["label"], i["predicted"]] += 1
+        assert i["loss"] >= 0 and 0 < i["score"] <= 1 and i["ood_score"] is not None
+    assert confusion.tolist() == result["confusion_matrix"]
+    assert np.mean([i["label"] == i["predicted"] for i in per_image]) == pytest.approx(result["accuracy"])
+    assert np.mean([i["loss"] for i in per_image]) == pytest.approx(result["loss"], rel=1e-4)
+    assert np.mean([i["ood_score"] > result["ood"]["threshold"] for i in per_image]) <= 0.05
+    assert all(thumbnail_file(dataset, i["thumbnail"]).is_file() for i in per_image)
+
     # A duplicate request is a no-op: same result file, no new version, no new event.
     before = writer.run.eval_result(step).read_bytes()
     again = evaluate_checkpoint(layout, redis_conn, "job1", step)

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from incept.fsutil import write_json_atomic
@@ -62,11 +63,35 @@ def _running_job(layout, redis_url) -> str:
     for step, acc in ((5, 0.4), (10, 0.85), (15, 0.7)):
         write_json_atomic(run.eval_result(step), {
             "job_id": job_id, "step": step, "accuracy": acc, "recall_at_5": 1.0, "loss": 1 - acc,
-            "class_names": CLASSES, "confusion_matrix": [[4, 1, 0], [0, 5, 0], [1, 0, 4]]})
+            "class_names": CLASSES, "confusion_matrix": [[4, 1, 0], [0, 5, 0], [1, 0, 4]],
+            "per_class": {c: {"precision": 0.8, "recall": 0.8, "f1": 0.8, "support": 5}
+                          for c in CLASSES}})
+    _per_image_results(layout, run, 10, [[4, 1, 0], [0, 5, 0], [1, 0, 4]])
     state = JobState(connect(redis_url))
     state.create(job_id, max_steps=20)
     state.set_state(job_id, "running", step=15)
     return job_id
+
+
+def _per_image_results(layout, run, step: int, confusion) -> None:
+    """eval/<step>.images.json as the evaluator writes it, and the dataset's thumbnails."""
+    from incept.layout import thumbnail_file, thumbnail_key
+    from tests.services.gateway.conftest import encode
+
+    images, n = [], 0
+    for true, row in enumerate(confusion):
+        for predicted, count in enumerate(row):
+            for _ in range(count):
+                n += 1
+                rel = f"{CLASSES[true]}/{n}.jpg"
+                wrong = true != predicted
+                images.append({"file": rel, "thumbnail": thumbnail_key(rel), "label": true,
+                               "predicted": predicted, "score": 0.6 if wrong else 0.9,
+                               "loss": 1.0 + n / 10 if wrong else 0.1, "ood_score": float(n)})
+                thumb = thumbnail_file(layout.dataset("flowers"), thumbnail_key(rel))
+                thumb.parent.mkdir(parents=True, exist_ok=True)
+                thumb.write_bytes(encode(np.full((24, 32, 3), 40 * true + 20, np.uint8)))
+    write_json_atomic(run.eval_images(step), {"job_id": run.job_id, "step": step, "images": images})
 
 
 def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redis_url):
@@ -123,6 +148,27 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     assert page.locator("#accuracy-chart circle.best").count() == 1
     assert page.locator("#confusion tr").count() == 1 + len(CLASSES)
     assert "(10)" in page.inner_text("#confusion-title")
+    assert page.locator("#per-class tbody tr").count() == len(CLASSES)
+    assert page.inner_text("#per-class tbody tr:first-child") == "daisy\t80.0%\t80.0%\t80.0%\t5"
+
+    # The gallery: the best step's mistakes, highest loss first (tulips->daisy is
+    # image 11, daisy->roses image 5), with thumbnails from the job's dataset.
+    page.wait_for_function("document.querySelectorAll('#gallery figure').length === 2")
+    files = page.eval_on_selector_all("#gallery figure", "fs => fs.map(f => f.dataset.file)")
+    assert files == ["tulips/11.jpg", "daisy/5.jpg"]
+    page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.naturalWidth > 0)")
+    first = page.inner_text("#gallery figure:first-child")
+    assert "true: tulips" in first and "predicted: daisy 60.0%" in first
+    # A confusion cell filters it: the five roses predicted as roses.
+    page.click("#confusion .cell[data-true='1'][data-predicted='1']")
+    page.wait_for_function("document.querySelectorAll('#gallery figure').length === 5")
+    assert "roses photos predicted as roses" in page.inner_text("#gallery-title")
+    assert page.get_attribute("#confusion .cell[data-true='1'][data-predicted='1']", "aria-pressed") == "true"
+    page.click("#gallery-all")
+    page.wait_for_function("document.querySelectorAll('#gallery figure').length === 2")
+    # The most unusual photos: highest open-set score first.
+    unusual = page.eval_on_selector_all("#unusual figure", "fs => fs.map(f => f.dataset.file)")
+    assert unusual[:2] == ["tulips/15.jpg", "tulips/14.jpg"] and len(unusual) == 12
 
     time.sleep(0.5)  # let the event stream connect, then the trainer reports progress
     for step, loss in ((16, 0.2), (17, 0.123)):
