@@ -65,10 +65,8 @@ def conversion_state(conn: redis.Redis, name: str) -> tuple[str | None, str | No
 
 def conversion_progress(conn: redis.Redis, name: str) -> dict | None:
     """(done, total) images the converter reported in its rq job's meta."""
-    from rq.job import Job
-
     try:
-        progress = Job.fetch(conversion_request_id(name), connection=conn).get_meta().get("progress")
+        progress = fetch_request(conn, conversion_request_id(name)).get_meta().get("progress")
     except Exception:  # no such job (any more), or Redis away: no progress to show
         return None
     return progress if isinstance(progress, dict) else None

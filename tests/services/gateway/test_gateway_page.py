@@ -291,7 +291,8 @@ def _class_folders(root: Path, images_per_class: int = 5) -> Path:
 
 def _convert_queued(layout, redis_url) -> None:
     env = {**os.environ, "INCEPT_DATA_ROOT": str(layout.root), "INCEPT_REDIS_URL": redis_url}
-    subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", redis_url, "datasets"],
+    subprocess.run([sys.executable, "-m", "rq.cli", "worker", "--burst", "-u", redis_url,
+                    "--serializer", "rq.serializers.JSONSerializer", "datasets"],
                    env=env, check=True, capture_output=True, timeout=300, cwd=ARTIFACTS.parent)
 
 
