@@ -30,7 +30,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2 as pb
 
 from incept.fsutil import write_text_atomic
-from incept.layout import NAME_RE
+from incept.layout import NAME_RE, list_versions, pinned_version
 from incept.settings import Settings
 
 CONFIG_RELATIVE = Path("serving/models.config")
@@ -59,7 +59,11 @@ def build_config(models_root: Path, versions: int = 1) -> pb.ModelServerConfig:
         entry.name = name
         entry.base_path = str(models_root / name)
         entry.model_platform = "tensorflow"
-        entry.model_version_policy.latest.num_versions = versions
+        pinned = pinned_version(models_root / name)
+        if pinned in list_versions(models_root / name):  # the page's pin or rollback
+            entry.model_version_policy.specific.versions.append(pinned)
+        else:
+            entry.model_version_policy.latest.num_versions = versions
     return config
 
 

@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from incept import __version__
 from incept.fsutil import atomic_directory, fsync_dir
-from incept.layout import list_versions
+from incept.layout import list_versions, pinned_version
 
 if TYPE_CHECKING:
     from incept.spec import JobSpec
@@ -214,7 +214,8 @@ def prune_versions(model_base: Path, keep: int, protect: int | None = None) -> l
     """Remove all but the newest ``keep`` versions. Each is first renamed to a hidden
     name (atomic: TF Serving sees it vanish whole), then deleted."""
     versions = list_versions(model_base)
-    doomed = [v for v in versions[:-keep] if v != protect] if keep > 0 else []
+    kept = {protect, pinned_version(model_base)}  # a pinned version serves: never pruned
+    doomed = [v for v in versions[:-keep] if v not in kept] if keep > 0 else []
     for v in doomed:
         hidden = model_base / f".removed.{v}.{os.getpid()}.tmp"
         with contextlib.suppress(FileNotFoundError):

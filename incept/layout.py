@@ -12,12 +12,14 @@
     <root>/runs/<job_id>/eval/       and TensorBoard eval summaries
     <root>/runs/<job_id>/eval/<step>.images.json   per-image validation results
     <root>/models/<model_name>/<version>/   SavedModels polled by TF Serving
+    <root>/models/<model_name>/serving.json  the pinned version, if any (else the newest serves)
     <root>/cache/features/          frozen-backbone features for head-only jobs
     <root>/pretrained/              downloaded base checkpoints
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -102,6 +104,44 @@ def best_of(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     scored = [r for r in results
               if isinstance(r.get("accuracy"), int | float) and isinstance(r.get("step"), int)]
     return max(scored, key=eval_rank, default=None)
+
+
+SERVING_CHOICE = "serving.json"
+
+
+def pinned_version(model_dir: Path) -> int | None:
+    """The version someone pinned for ``model_dir`` (``serving.json``), or None:
+    then the newest version serves. TF Serving's config (``model_version_policy:
+    specific``), the in-process backend and the gateway all read it here."""
+    try:
+        pinned = json.loads((Path(model_dir) / SERVING_CHOICE).read_text()).get("pinned")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pinned if isinstance(pinned, int) and not isinstance(pinned, bool) and pinned > 0 else None
+
+
+def served_version(model_dir: Path) -> int | None:
+    """The version that should serve: the pinned one while it exists, else the newest."""
+    versions = list_versions(model_dir)
+    pinned = pinned_version(model_dir)
+    if pinned in versions:
+        return pinned
+    return versions[-1] if versions else None
+
+
+def pin_version(model_dir: Path, version: int | None, **why) -> None:
+    """Pin ``version`` (it must exist), or unpin with None (back to the newest).
+    Written atomically: a reader sees the old choice or the new one."""
+    from incept.fsutil import write_json_atomic
+
+    path = Path(model_dir) / SERVING_CHOICE
+    if version is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    if version not in list_versions(model_dir):
+        raise ValueError(f"{Path(model_dir).name} has no version {version}")
+    write_json_atomic(path, {"pinned": int(version), "pinned_at": time.time(), **why})
 
 
 @dataclass(frozen=True)

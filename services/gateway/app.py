@@ -34,6 +34,7 @@ from services.gateway.routes import (
     jobs,
     models,
     page,
+    registry,
     schemas,
     v2,
 )
@@ -253,7 +254,8 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
     # order (by the router and again by the metrics middleware), and predictions
     # are the hot path.
     for router in (models.router, v2.router, classify.router, health.router, jobs.router,
-                   evaluations.router, datasets.router, schemas.router, page.router):
+                   evaluations.router, datasets.router, registry.router, schemas.router,
+                   page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app).expose(

@@ -301,3 +301,27 @@ class EvalImages(BaseModel):
     step: int
     matched: int = Field(description="Images matching the filter (before the limit).")
     images: list[EvalImage]
+
+
+class RegistryVersion(BaseModel):
+    version: int
+    job_id: str | None = None
+    step: int | None = None
+    metrics: dict[str, Any] | None = None
+    reason: str | None = Field(None, description="Why the evaluator exported it.")
+    dataset: str | None = None
+    net: str | None = None
+    exported_at: float | None = None
+
+
+class RegistryModel(BaseModel):
+    name: str
+    pinned: int | None = Field(None, description="The pinned version; null: the newest serves.")
+    serving: int | None = Field(None, description="The version that should serve now.")
+    available: list[int] = Field(default_factory=list, description="Versions the backend serves now.")
+    backend: str
+    versions: list[RegistryVersion]
+
+
+class RegistryList(BaseModel):
+    models: list[RegistryModel]

@@ -49,6 +49,23 @@ def test_write_names_every_model_with_a_version(data_root):
     assert "num_versions: 1" in config.read_text()
 
 
+def test_a_pinned_version_is_served_by_the_specific_policy(data_root):
+    from incept.layout import pin_version
+
+    (data_root / "models/flowers/5").mkdir()
+    pin_version(data_root / "models/flowers", 3)  # what the page's rollback writes
+    assert run("write", data_root=data_root).returncode == 0
+    config = text_format.Parse((data_root / "serving/models.config").read_text(), pb.ModelServerConfig())
+    (entry,) = config.model_config_list.config
+    assert entry.model_version_policy.WhichOneof("policy_choice") == "specific"
+    assert list(entry.model_version_policy.specific.versions) == [3]
+    pin_version(data_root / "models/flowers", None)  # unpinned: the newest again
+    assert run("write", data_root=data_root).returncode == 0
+    (entry,) = text_format.Parse((data_root / "serving/models.config").read_text(),
+                                 pb.ModelServerConfig()).model_config_list.config
+    assert entry.model_version_policy.latest.num_versions == 1
+
+
 def test_watch_follows_new_models_and_stops_on_sigterm(data_root):
     env = {k: v for k, v in os.environ.items() if not k.startswith("INCEPT_")}
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "watch", "--interval", "0.2"],

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from incept.errors import ApiError
-from incept.layout import Layout, list_versions
+from incept.layout import Layout, list_versions, pinned_version
 from incept.serving.backend import ModelMetadata, ModelStatus, PredictionBackend, VersionStatus
 from incept.serving.errors import BackendUnavailable, BadImage, ModelNotFound
 from incept.serving.outputs import PredictResult
@@ -107,11 +107,15 @@ class InProcessBackend(PredictionBackend):
                            path=path)
 
     async def _refresh(self, slot: ModelSlot) -> None:
-        """Load the newest servable version if it is newer than the one served."""
+        """Load the version that should serve -- the pinned one (``serving.json``)
+        while it exists, else the newest -- when another one is served."""
         async with slot.load_lock:
-            versions = [v for v in list_versions(self._model_dir(slot.name))
-                        if v not in slot.failed]
-            if not versions or (slot.current and slot.current.version >= versions[-1]):
+            model_dir = self._model_dir(slot.name)
+            versions = [v for v in list_versions(model_dir) if v not in slot.failed]
+            pinned = pinned_version(model_dir)
+            if pinned in versions:
+                versions = [pinned]
+            if not versions or (slot.current and slot.current.version == versions[-1]):
                 return
             newest = versions[-1]
             slot.loading = newest

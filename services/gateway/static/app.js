@@ -4,6 +4,7 @@ import "./predict.js";
 import "./datasets.js";
 import "./jobform.js";
 import "./jobs.js";
+import "./models.js";
 
 // `incept up` prints the page as .../#token=<token>: the fragment never reaches a
 // server or a log; keep the token for this tab and take it out of the address bar.

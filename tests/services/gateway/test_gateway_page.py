@@ -5,6 +5,7 @@ follow a job live, see its accuracy chart and confusion matrix."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -381,7 +382,7 @@ def test_new_job_from_a_preset_with_reasons_beside_fields_then_cancel(gateway, b
     job_id = page.evaluate("decodeURIComponent(location.hash.split('/')[1])")
     page.wait_for_selector("#job:not([hidden])")
     assert page.inner_text("#job-title") == f"{job_id} — queued"
-    spec = __import__("json").loads(layout.run(job_id).spec.read_text())
+    spec = json.loads(layout.run(job_id).spec.read_text())
     assert spec["model_name"] == "tiny" and spec["max_steps"] == 300 and spec["learning_rate"] == 0.01
     # Cancel asks first: dismissed, nothing happens; accepted, the job is cancelled.
     page.once("dialog", lambda dialog: dialog.dismiss())
@@ -430,4 +431,33 @@ def test_every_view_on_a_phone_by_keyboard_alone(gateway, browser, images, layou
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     assert_accessible(page, "classify at 390 px")
     page.screenshot(path=str(ARTIFACTS / "gateway-page-phone-predict.png"), full_page=True)
+    assert errors == []
+
+
+def test_models_view_pins_and_unpins_a_version(make_gateway, browser, layout):
+    from tests.services.gateway.test_gateway_registry import second_version
+
+    gateway = make_gateway(model_poll_s=0.1)
+    second_version(layout)
+    page = browser.new_page(viewport={"width": 1100, "height": 800})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{gateway.url}/#token={TOKEN}")
+    page.click("#tab-models")
+    row = "#models [data-model='flowers'] tr[data-version='{}']"
+    page.wait_for_function(f"document.querySelector(\"{row.format(2)} .state\")?.textContent === 'serving'")
+    assert "accuracy 0.9 beats 0.8" in page.inner_text(row.format(2))
+    assert "flowers-20260101-000000-abcdef, step 20" in page.inner_text(row.format(2))
+    assert "newest version serves" in page.inner_text("#models [data-model='flowers']")
+    # Roll back to version 1: the backend loads it, the page says so.
+    page.click(f"{row.format(1)} button.pin")
+    page.wait_for_function(f"document.querySelector(\"{row.format(1)} .state\")?.textContent === 'serving'")
+    assert "1 (pinned)" in page.inner_text(row.format(1))
+    assert json.loads((layout.model("flowers") / "serving.json").read_text())["pinned"] == 1
+    page.screenshot(path=str(ARTIFACTS / "gateway-page-models.png"), full_page=True)
+    assert_accessible(page, "models")
+    # Unpin: the newest serves again.
+    page.click("#models [data-model='flowers'] button.unpin")
+    page.wait_for_function(f"document.querySelector(\"{row.format(2)} .state\")?.textContent === 'serving'")
+    assert not (layout.model("flowers") / "serving.json").exists()
     assert errors == []
