@@ -56,6 +56,9 @@ class JobDetail(JobSummary):
     images_per_sec: float | None = None
     eta_s: float | None = None
     path: str | None = Field(None, description="head_only (heads over cached backbone features) or full.")
+    phase: str | None = Field(None, description="queued, features, training, evaluating or exported, "
+                                                "when the trainer reports it.")
+    feature_progress: dict[str, Any] | None = Field(None, description="The feature pass: done, total, eta_s.")
     last_checkpoint_step: int | None = None
     latest_eval: dict[str, Any] | None = None
     evaluations: list[Evaluation] = Field(default_factory=list)

@@ -30,7 +30,7 @@ function jobRow(job) {
 }
 
 async function openJob(jobId) {
-  if (selectedJob !== jobId) history = [];
+  if (selectedJob !== jobId) { history = []; waitingFor = []; }
   selectedJob = jobId;
   for (const tr of document.querySelectorAll("#jobs tbody tr")) tr.classList.toggle("selected", tr.dataset.jobId === jobId);
   await refreshJob();
@@ -64,7 +64,43 @@ export function rateText(rate, path) {
   return path === "head_only" ? `${r} (heads over cached features)` : r;
 }
 
+// The phases of a job. The trainer may report its phase (and a feature pass's
+// progress) itself; until then the phase follows from the state, the path and
+// the evaluations.
+const PHASES = ["queued", "features", "training", "evaluating", "exported"];
+let waitingFor = [];
+
+function currentPhase(p) {
+  if (p.phase && PHASES.includes(p.phase)) return p.phase;
+  if (p.state === "queued") return "queued";
+  if (p.state === "running") return p.path === "head_only" && !p.step ? "features" : "training";
+  if (waitingFor.length) return "evaluating";
+  return (p.exported_versions || []).length ? "exported" : "evaluating";
+}
+
+function renderPhases(p) {
+  const now = currentPhase(p);
+  const at = PHASES.indexOf(now);
+  const finished = ["succeeded", "failed", "cancelled"].includes(p.state) && !waitingFor.length;
+  $("#phases").replaceChildren(...PHASES.filter((ph) => ph !== "features" || p.path === "head_only" || p.phase === "features").map((ph) => {
+    const i = PHASES.indexOf(ph);
+    const status = i < at || (finished && i === at) ? "done" : i === at ? "current" : "pending";
+    const detail = ph === now && !finished ? phaseDetail(ph, p) : "";
+    return h("li", { class: status, "aria-current": status === "current" ? "step" : null },
+      h("span", { class: "name", text: ph }), detail ? h("span", { class: "detail", text: detail }) : null);
+  }));
+}
+
+function phaseDetail(phase, p) {
+  const f = p.feature_progress;
+  if (phase === "features" && f && f.total) return `${f.done} of ${f.total} images${f.eta_s != null ? `, ETA ${duration(f.eta_s)}` : ""}`;
+  if (phase === "training" && p.max_steps) return `${Math.round((100 * (p.step || 0)) / p.max_steps)}%${p.eta_s != null ? `, ETA ${duration(p.eta_s)}` : ""}`;
+  if (phase === "evaluating" && waitingFor.length) return `step${waitingFor.length > 1 ? "s" : ""} ${waitingFor.join(", ")}`;
+  return "";
+}
+
 function renderProgress(p) {
+  renderPhases(p);
   const fraction = p.max_steps ? Math.min(1, (p.step || 0) / p.max_steps) : 0;
   $("#job-progress-bar").style.width = `${Math.round(100 * fraction)}%`;
   $("#job-progress-track").setAttribute("aria-valuenow", String(Math.round(100 * fraction)));
@@ -225,8 +261,14 @@ function onJobEvent(jobId, type, data) {
     renderProgress({ ...lastJob, ...data });
   } else if (type === "waiting") {
     const steps = data.pending_evaluations || [];
+    waitingFor = steps;
+    renderPhases({ ...lastJob, state: data.state });
     $("#job-title").textContent = `${jobId} — ${data.state}, evaluating step${steps.length > 1 ? "s" : ""} ${steps.join(", ")}`;
+  } else if (type === "phase") {
+    lastJob = { ...lastJob, ...data };
+    renderProgress(lastJob);
   } else if (["state", "eval", "export", "error", "end"].includes(type)) {
+    if (type === "end") waitingFor = [];
     refreshJob();
     loadJobs();
   }

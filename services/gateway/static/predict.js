@@ -20,6 +20,7 @@ async function loadModels() {
 async function classify(file) {
   show(errorBox(), "");
   if (!["image/jpeg", "image/png"].includes(file.type)) {
+    $("#result").hidden = true; // the last photo's answer is not this file's
     show(errorBox(), `${file.name} is not a JPEG or PNG photo.`);
     return;
   }

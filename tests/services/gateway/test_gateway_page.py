@@ -126,13 +126,14 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     }""", base64.b64encode(images[1]).decode())
     page.wait_for_function("document.querySelector('#verdict').textContent.includes('Not one of the known classes')")
     assert "unknown" in page.get_attribute("#verdict", "class")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "gateway-page-predict.png"), full_page=True)
 
     # A file that is not a photo gets a clear message, not a crash.
     page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi"}])
     page.wait_for_selector("#predict-error:not([hidden])")
     assert "not a JPEG or PNG" in page.inner_text("#predict-error")
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "gateway-page-predict.png"), full_page=True)
+    assert page.is_hidden("#result")  # the last photo's answer is not this file's
     assert_accessible(page, "classify")
 
     # Jobs: token, list, open, chart, confusion matrix, live progress.
@@ -180,6 +181,9 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     assert "cached features" not in page.inner_text("#job-progress")  # a full fine-tune
     width = page.evaluate("document.querySelector('#job-progress-bar').style.width")
     assert width == "85%"
+    assert page.inner_text("#phases li.current").startswith("training")
+    assert "85%, ETA 9 s" in page.inner_text("#phases li.current")
+    assert page.locator("#phases li.done").count() == 1  # queued; no feature pass on this path
     page.wait_for_selector("#loss-chart polyline.s0")  # loss and learning rate as curves
     assert page.locator("#lr-chart polyline.s0").count() == 1
     page.screenshot(path=str(ARTIFACTS / "gateway-page-jobs.png"), full_page=True)
@@ -193,6 +197,7 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     state.set_state(job_id, "succeeded", step=20)
     page.wait_for_function("document.querySelector('#job-title').textContent.includes("
                            "'succeeded, evaluating step 20')")
+    assert page.inner_text("#phases li.current").replace("\n", " ") == "evaluating step 20"
     write_json_atomic(layout.run(job_id).eval_result(20), {
         "job_id": job_id, "step": 20, "accuracy": 0.95, "recall_at_5": 1.0, "loss": 0.05,
         "class_names": CLASSES, "confusion_matrix": [[5, 0, 0], [0, 5, 0], [1, 0, 4]]})
@@ -237,6 +242,14 @@ def test_one_evaluated_step_is_a_level_line_and_head_only_rate_says_so(gateway, 
     page.goto(f"{gateway.url}/#jobs/{job_id}")  # the address opens the job
     page.wait_for_selector("#job:not([hidden])")
     assert "6732.6 images/s (heads over cached features)" in page.inner_text("#job-progress")
+    assert page.inner_text("#phases li.current").startswith("training")
+    assert page.locator("#phases li").count() == 5  # a head-only job has a feature pass
+    # A trainer that reports its phase and the feature pass's progress: shown as it comes.
+    time.sleep(0.5)
+    state.emit(job_id, "phase", {"phase": "features", "step": 0,
+                                 "feature_progress": {"done": 50, "total": 200, "eta_s": 30}})
+    page.wait_for_function("document.querySelector('#phases li.current').textContent"
+                           ".includes('50 of 200 images, ETA 30 s')")
     level = page.locator("#accuracy-chart line.level.s0")
     assert level.count() == 1
     x1, x2 = (float(level.get_attribute(a)) for a in ("x1", "x2"))
@@ -461,3 +474,14 @@ def test_models_view_pins_and_unpins_a_version(make_gateway, browser, layout):
     page.wait_for_function(f"document.querySelector(\"{row.format(2)} .state\")?.textContent === 'serving'")
     assert not (layout.model("flowers") / "serving.json").exists()
     assert errors == []
+
+
+def test_readme_shows_each_view_with_a_small_screenshot():
+    import re
+
+    readme = (ARTIFACTS.parent / "README.md").read_text()
+    shots = re.findall(r"!\[[^\]]*\]\((docs/page-[a-z-]+\.(?:png|jpg))\)", readme)
+    assert {s.split("page-")[1].split(".")[0] for s in shots} >= {
+        "classify", "datasets", "newjob", "jobs", "models"}
+    for shot in shots:
+        assert (ARTIFACTS.parent / shot).stat().st_size < 200_000, shot
