@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     api_docs: bool = Field(True, description="Serve /docs, /redoc and /openapi.json (false: 404).")
     readyz_details_public: bool = Field(
         False, description="/readyz shows the reasons behind its checks (error text, free bytes) without a token.")
+    tensorboard_url: str | None = Field(
+        None, description="TensorBoard as users reach it (e.g. http://127.0.0.1:6006); the page links each job there.")
 
     # CLI client (incept submit/status/watch/predict); default: the local stack's state file.
     gateway_url: str | None = Field(None, description="Gateway the CLI client talks to.")

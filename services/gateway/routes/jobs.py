@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import redis
 from fastapi import APIRouter, Body, Header, Request
@@ -60,7 +61,11 @@ def list_jobs(layout: LayoutDep, state: JobStateDep):
 
 @router.get("/{job_id}", response_model=JobDetail, responses={404: {"model": ErrorBody}})
 def get_job(job_id: JobId, layout: LayoutDep, state: JobStateDep, request: Request):
-    return service.job_detail(layout, state, request.app.state.launcher, job_id)
+    job = service.job_detail(layout, state, request.app.state.launcher, job_id)
+    tensorboard = request.app.state.settings.tensorboard_url
+    if tensorboard:  # its runs are runs/<job id>/train and /eval: filter on the job's id
+        job["tensorboard_url"] = f"{tensorboard.rstrip('/')}/?runFilter={quote(job_id)}#timeseries"
+    return job
 
 
 @router.delete("/{job_id}", status_code=202, response_model=JobDetail,

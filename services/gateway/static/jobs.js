@@ -51,6 +51,9 @@ function renderJob(job) {
   $("#job").hidden = false;
   $("#job-title").textContent = `${job.job_id} — ${job.state}`;
   $("#job-cancel").hidden = !["queued", "running"].includes(job.state);
+  const tb = $("#job-tensorboard");
+  tb.hidden = !job.tensorboard_url;
+  if (job.tensorboard_url) tb.href = job.tensorboard_url;
   renderProgress(job);
   renderAccuracy(job.evaluations || [], job.best);
   renderConfusion(job.best_eval);

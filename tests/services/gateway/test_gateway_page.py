@@ -151,6 +151,7 @@ def test_page_classifies_and_follows_jobs(gateway, browser, images, layout, redi
     assert page.locator("#confusion tr").count() == 1 + len(CLASSES)
     assert "(10)" in page.inner_text("#confusion-title")
     assert page.locator("#per-class tbody tr").count() == len(CLASSES)
+    assert page.is_hidden("#job-tensorboard")  # no INCEPT_TENSORBOARD_URL: no link
     assert page.inner_text("#per-class tbody tr:first-child") == "daisy\t80.0%\t80.0%\t80.0%\t5"
 
     # The gallery: the best step's mistakes, highest loss first (tulips->daisy is
@@ -226,8 +227,9 @@ def test_token_in_the_address_fragment_opens_the_jobs_view(gateway, browser, lay
     assert other_tab.input_value("#token") == ""
 
 
-def test_one_evaluated_step_is_a_level_line_and_head_only_rate_says_so(gateway, browser, layout,
+def test_one_evaluated_step_is_a_level_line_and_head_only_rate_says_so(make_gateway, browser, layout,
                                                                         redis_url):
+    gateway = make_gateway(tensorboard_url="http://127.0.0.1:6006/")
     job_id = "flowers-20260101-000001-abcdef"
     run = layout.run(job_id)
     write_json_atomic(run.spec, {"dataset": "flowers", "model_name": "tiny", "max_steps": 20})
@@ -242,6 +244,8 @@ def test_one_evaluated_step_is_a_level_line_and_head_only_rate_says_so(gateway, 
     page.goto(f"{gateway.url}/#jobs/{job_id}")  # the address opens the job
     page.wait_for_selector("#job:not([hidden])")
     assert "6732.6 images/s (heads over cached features)" in page.inner_text("#job-progress")
+    assert page.get_attribute("#job-tensorboard", "href") == (
+        f"http://127.0.0.1:6006/?runFilter={job_id}#timeseries")
     assert page.inner_text("#phases li.current").startswith("training")
     assert page.locator("#phases li").count() == 5  # a head-only job has a feature pass
     # A trainer that reports its phase and the feature pass's progress: shown as it comes.
