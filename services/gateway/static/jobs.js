@@ -157,7 +157,9 @@ function renderConfusion(ev) {
     })));
   });
   renderPerClass(ev, names);
-  loadGallery(ev, names, {});
+  // A live update of the same best step keeps the cell the user chose.
+  const key = `${ev.job_id || selectedJob}:${ev.step}`;
+  loadGallery(ev, names, gallery.key === key ? gallery.filter : {});
   loadUnusual(ev, names);
 }
 
@@ -184,7 +186,10 @@ async function galleryItems(ev, query) {
 
 // Misclassified validation photos of the best step, highest loss first; a
 // clicked confusion cell shows exactly its photos (right or wrong).
+const gallery = { key: null, filter: {} };
+
 async function loadGallery(ev, names, filter) {
+  Object.assign(gallery, { key: `${ev.job_id || selectedJob}:${ev.step}`, filter });
   const cell = filter.true != null;
   for (const b of document.querySelectorAll("#confusion .cell")) {
     b.setAttribute("aria-pressed", String(cell && +b.dataset.true === filter.true && +b.dataset.predicted === filter.predicted));
@@ -196,6 +201,7 @@ async function loadGallery(ev, names, filter) {
   $("#gallery-all").onclick = () => loadGallery(ev, names, {});
   try {
     const found = await galleryItems(ev, cell ? { ...filter, limit: 60 } : { wrong: true, limit: 60 });
+    if (gallery.filter !== filter) return; // a newer choice is on its way
     $("#gallery").replaceChildren(...found.images.map((i) => photo(i, names, ev.job_id || selectedJob, [
       h("span", { text: `true: ${names[i.label]}` }), h("br"),
       h("span", { text: `predicted: ${names[i.predicted]} ${pct(i.score)}` }), h("br"),
