@@ -24,6 +24,7 @@ from pathlib import Path
 
 from incept.export import LABELS, build_manifest, export_model, read_manifest
 from incept.layout import Layout, RunLayout, list_versions
+from incept.layout import served_version as layout_served_version
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +73,18 @@ def decide(accuracy: float, best: dict | None, threshold: float | None) -> tuple
 
 
 def served_version(model_base: Path) -> tuple[int, dict, list[str]] | None:
-    """The version TF Serving serves (the newest), its manifest and class list."""
-    versions = list_versions(model_base)
-    if not versions:
+    """The version that serves (the pinned one, else the newest: ``incept.layout``),
+    its manifest and class list."""
+    version = layout_served_version(model_base)
+    if version is None:
         return None
-    version_dir = model_base / str(versions[-1])
+    version_dir = model_base / str(version)
     try:
         manifest = read_manifest(version_dir)
         classes = (version_dir / LABELS).read_text().splitlines()
     except (OSError, json.JSONDecodeError):
         manifest, classes = {}, []
-    return versions[-1], manifest, classes
+    return version, manifest, classes
 
 
 def against_served(accuracy: float, served: tuple[int, dict, list[str]] | None,

@@ -19,7 +19,8 @@ def _version(model_dir: Path, version: int) -> dict:
     out: dict = {"version": version}
     with contextlib.suppress(OSError, ValueError):
         manifest = json.loads((model_dir / str(version) / MANIFEST).read_text())
-        out.update({k: manifest.get(k) for k in ("job_id", "step", "metrics", "reason", "dataset", "net")})
+        out.update({k: manifest.get(k) for k in ("job_id", "step", "metrics", "dataset", "net")})
+        out["reason"] = manifest.get("export_reason")  # written by the evaluator's bless step
     with contextlib.suppress(OSError):
         out["exported_at"] = (model_dir / str(version)).stat().st_mtime
     return out

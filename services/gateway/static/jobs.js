@@ -238,7 +238,7 @@ async function follow(jobId) {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
-      buffer += value;
+      buffer = (buffer + value).replace(/\r\n/g, "\n"); // sse-starlette ends lines with CRLF
       let end;
       while ((end = buffer.indexOf("\n\n")) >= 0) {
         const event = parseEvent(buffer.slice(0, end));

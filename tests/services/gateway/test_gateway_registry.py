@@ -24,7 +24,7 @@ def second_version(layout) -> None:
     manifest = json.loads((tmp / "manifest.json").read_text())
     (tmp / "manifest.json").write_text(json.dumps({
         **manifest, "version": 2, "job_id": "flowers-20260101-000000-abcdef", "step": 20,
-        "metrics": {"accuracy": 0.9, "recall_at_5": 1.0}, "reason": "accuracy 0.9 beats 0.8"}))
+        "metrics": {"accuracy": 0.9, "recall_at_5": 1.0}, "export_reason": "accuracy 0.9 beats 0.8"}))
     tmp.rename(base / "2")
 
 
