@@ -58,7 +58,7 @@ class JobDetail(JobSummary):
     path: str | None = Field(None, description="head_only (heads over cached backbone features) or full.")
     phase: str | None = Field(None, description="queued, features, training, evaluating or exported, "
                                                 "when the trainer reports it.")
-    feature_progress: dict[str, Any] | None = Field(None, description="The feature pass: done, total, eta_s.")
+    features: dict[str, Any] | None = Field(None, description="The feature pass: done, total, images_per_sec, eta_s.")
     tensorboard_url: str | None = Field(None, description="This job in TensorBoard (INCEPT_TENSORBOARD_URL).")
     last_checkpoint_step: int | None = None
     latest_eval: dict[str, Any] | None = None

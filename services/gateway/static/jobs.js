@@ -73,12 +73,18 @@ export function rateText(rate, path) {
 const PHASES = ["queued", "features", "training", "evaluating", "exported"];
 let waitingFor = [];
 
-function currentPhase(p) {
-  if (p.phase && PHASES.includes(p.phase)) return p.phase;
+function derivedPhase(p) {
   if (p.state === "queued") return "queued";
   if (p.state === "running") return p.path === "head_only" && !p.step ? "features" : "training";
   if (waitingFor.length) return "evaluating";
   return (p.exported_versions || []).length ? "exported" : "evaluating";
+}
+
+// Phases only move forward: the further of what the trainer and evaluator
+// reported (the hash field and "phase" events) and what the state implies.
+function currentPhase(p) {
+  const reported = PHASES.indexOf(p.phase);
+  return PHASES[Math.max(reported, PHASES.indexOf(derivedPhase(p)))];
 }
 
 function renderPhases(p) {
@@ -95,7 +101,7 @@ function renderPhases(p) {
 }
 
 function phaseDetail(phase, p) {
-  const f = p.feature_progress;
+  const f = p.features || p.feature_progress;
   if (phase === "features" && f && f.total) return `${f.done} of ${f.total} images${f.eta_s != null ? `, ETA ${duration(f.eta_s)}` : ""}`;
   if (phase === "training" && p.max_steps) return `${Math.round((100 * (p.step || 0)) / p.max_steps)}%${p.eta_s != null ? `, ETA ${duration(p.eta_s)}` : ""}`;
   if (phase === "evaluating" && waitingFor.length) return `step${waitingFor.length > 1 ? "s" : ""} ${waitingFor.join(", ")}`;
@@ -273,6 +279,9 @@ function onJobEvent(jobId, type, data) {
     waitingFor = steps;
     renderPhases({ ...lastJob, state: data.state });
     $("#job-title").textContent = `${jobId} — ${data.state}, evaluating step${steps.length > 1 ? "s" : ""} ${steps.join(", ")}`;
+  } else if (type === "features") {
+    lastJob = { ...lastJob, features: data };
+    renderProgress(lastJob);
   } else if (type === "phase") {
     lastJob = { ...lastJob, ...data };
     renderProgress(lastJob);

@@ -240,7 +240,7 @@ def test_one_evaluated_step_is_a_level_line_and_head_only_rate_says_so(make_gate
         "class_names": CLASSES, "confusion_matrix": [[4, 1, 0], [0, 5, 0], [1, 0, 4]]})
     state = JobState(connect(redis_url))
     state.create(job_id, max_steps=20)
-    state.set_state(job_id, "running", step=10, path="head_only", images_per_sec=6732.6)
+    state.set_state(job_id, "running", step=0, path="head_only", images_per_sec=6732.6)
     page = browser.new_page()
     page.goto(f"{gateway.url}/#token={TOKEN}")
     page.goto(f"{gateway.url}/#jobs/{job_id}")  # the address opens the job
@@ -248,12 +248,12 @@ def test_one_evaluated_step_is_a_level_line_and_head_only_rate_says_so(make_gate
     assert "6732.6 images/s (heads over cached features)" in page.inner_text("#job-progress")
     assert page.get_attribute("#job-tensorboard", "href") == (
         f"http://127.0.0.1:6006/?runFilter={job_id}#timeseries")
-    assert page.inner_text("#phases li.current").startswith("training")
+    assert page.inner_text("#phases li.current").startswith("features")
     assert page.locator("#phases li").count() == 5  # a head-only job has a feature pass
     # A trainer that reports its phase and the feature pass's progress: shown as it comes.
     time.sleep(0.5)
-    state.emit(job_id, "phase", {"phase": "features", "step": 0,
-                                 "feature_progress": {"done": 50, "total": 200, "eta_s": 30}})
+    state.advance_phase(job_id, "features")  # as the trainer reports its feature pass
+    state.emit(job_id, "features", {"done": 50, "total": 200, "images_per_sec": 9.0, "eta_s": 30})
     page.wait_for_function("document.querySelector('#phases li.current').textContent"
                            ".includes('50 of 200 images, ETA 30 s')")
     level = page.locator("#accuracy-chart line.level.s0")
