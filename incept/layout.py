@@ -129,7 +129,7 @@ def served_version(model_dir: Path) -> int | None:
     return versions[-1] if versions else None
 
 
-def pin_version(model_dir: Path, version: int | None, **why) -> None:
+def pin_version(model_dir: Path, version: int | None, **why: Any) -> None:
     """Pin ``version`` (it must exist), or unpin with None (back to the newest).
     Written atomically: a reader sees the old choice or the new one."""
     from incept.fsutil import write_json_atomic
