@@ -53,7 +53,8 @@ tools: $(TOOLS_STAMP)
 # requirements-tools.lock; the project's containers.conf via CONTAINERS_CONF.
 PODMAN_CONF := $(CURDIR)/docker/podman/containers.conf
 PODMAN_ENV  := CONTAINERS_CONF=$(PODMAN_CONF)
-IMAGE_TAG   := 0.1.0
+# The version's one home is pyproject.toml; images are tagged with it.
+IMAGE_TAG   := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 # What `make images` builds: compose and the k8s tests run these instead of the
 # official names (docker-compose.yml reads the *_IMAGE variables).
 LOCAL_IMAGES := GATEWAY_IMAGE=localhost/incept-gateway:$(IMAGE_TAG) \

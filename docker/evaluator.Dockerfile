@@ -31,7 +31,10 @@ RUN groupadd --gid 10001 incept \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin incept \
  && mkdir /data && chown 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
+# The version of incept the image was built from (make images passes pyproject.toml's).
+ARG INCEPT_VERSION=unknown
 LABEL org.opencontainers.image.title="incept-evaluator" \
+      org.opencontainers.image.version="${INCEPT_VERSION}" \
       org.opencontainers.image.description="incept evaluator: evaluates, blesses and exports checkpoints"
 COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/incept-healthcheck
 # The TF Serving model-config writer (compose service, Kubernetes sidecar) runs from this image.

@@ -32,7 +32,10 @@ RUN groupadd --gid 10001 incept \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin incept \
  && mkdir /data && chown 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
+# The version of incept the image was built from (make images passes pyproject.toml's).
+ARG INCEPT_VERSION=unknown
 LABEL org.opencontainers.image.title="incept-gateway" \
+      org.opencontainers.image.version="${INCEPT_VERSION}" \
       org.opencontainers.image.description="incept HTTP API and web page"
 COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/incept-healthcheck
 ENV PATH=/opt/venv/bin:$PATH \

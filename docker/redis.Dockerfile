@@ -8,7 +8,10 @@
 #   docker build -f docker/redis.Dockerfile -t incept-redis:7.0 .
 ARG DEBIAN_IMAGE=debian:12.12-slim
 FROM ${DEBIAN_IMAGE}
+# The version of incept the image was built from (make images passes pyproject.toml's).
+ARG INCEPT_VERSION=unknown
 LABEL org.opencontainers.image.title="incept-redis" \
+      org.opencontainers.image.version="${INCEPT_VERSION}" \
       org.opencontainers.image.description="Debian's redis-server for incept's queues and job state"
 # uid 999 / gid 1000 own /data, as in the stock alpine image (compose runs it as
 # 999:1000); Kubernetes runs it as 10001 with fsGroup 10001.

@@ -15,7 +15,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --constraint /src/requirements.lock -r /src/tensorboard-requirements.txt
 
 FROM ${PYTHON_IMAGE}
-LABEL org.opencontainers.image.title="incept-tensorboard"
+# The version of incept the image was built from (make images passes pyproject.toml's).
+ARG INCEPT_VERSION=unknown
+LABEL org.opencontainers.image.title="incept-tensorboard" \
+      org.opencontainers.image.version="${INCEPT_VERSION}"
 RUN groupadd --gid 10001 incept \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin incept
 COPY --from=build /opt/venv /opt/venv

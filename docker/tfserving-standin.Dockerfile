@@ -35,7 +35,10 @@ RUN groupadd --gid 10001 incept \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin incept \
  && mkdir /data && chown 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
+# The version of incept the image was built from (make images passes pyproject.toml's).
+ARG INCEPT_VERSION=unknown
 LABEL org.opencontainers.image.title="incept-tfserving-standin" \
+      org.opencontainers.image.version="${INCEPT_VERSION}" \
       org.opencontainers.image.description="NOT TensorFlow Serving: incept's TF Serving protocol double behind tensorflow_model_server's flags"
 COPY tests/__init__.py /opt/standin/tests/__init__.py
 COPY tests/fakes/__init__.py tests/fakes/http.py tests/fakes/tfserving.py /opt/standin/tests/fakes/

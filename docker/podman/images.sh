@@ -8,7 +8,9 @@ set -eu
 cd "$(dirname "$0")/../.."
 PYTHON_IMAGE=${PYTHON_IMAGE:-localhost/incept-python:3.11-bookworm}
 DEBIAN_IMAGE=${DEBIAN_IMAGE:-localhost/incept-debian:bookworm}
-TAG=${INCEPT_IMAGE_TAG:-0.1.0}
+# One home for the version: pyproject.toml; images are tagged and labelled with it.
+VERSION=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
+TAG=${INCEPT_IMAGE_TAG:-$VERSION}
 TF=$(sed -n 's/^tensorflow-cpu==//p' requirements.lock)
 
 docker/podman/base-images.sh
@@ -20,7 +22,7 @@ build() {  # build NAME DOCKERFILE [extra podman build args...]
   echo "== building $name from $file"
   # Docker format: OCI images drop HEALTHCHECK, which `podman healthcheck run` reads.
   if ! podman build --format docker --network host --layers --build-arg PYTHON_IMAGE="$PYTHON_IMAGE" \
-        --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" "$@" -f "$file" -t "$name" . ; then
+        --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" --build-arg INCEPT_VERSION="$VERSION" "$@" -f "$file" -t "$name" . ; then
     echo "error: building $name from $file failed (podman's output above says at which step)." >&2
     echo "       Base images: $PYTHON_IMAGE, $DEBIAN_IMAGE (remove them to rebuild:" >&2
     echo "       podman rmi $PYTHON_IMAGE $DEBIAN_IMAGE); pip needs the package index." >&2

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from podman_support import podman
+from podman_support import IMAGES, podman
 
 # The images of the rendered manifests -> the ones `make images` builds (what a
 # `kustomize edit set image` would do for a cluster that cannot pull either).
 IMAGE_OVERRIDES = {
     "redis:7.4.2-alpine": "localhost/incept-redis:7.0",
-    "tensorflow/serving:2.21.0": "localhost/incept-tfserving-standin:0.1.0",
+    "tensorflow/serving:2.21.0": IMAGES["tfserving"],
 }
 
 

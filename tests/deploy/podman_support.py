@@ -9,13 +9,14 @@ import socket
 import subprocess
 import tarfile
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 from deploy_support import REPO
 
 CONTAINERS_CONF = REPO / "docker/podman/containers.conf"
-TAG = "0.1.0"
+TAG = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 IMAGES = {
     "gateway": f"localhost/incept-gateway:{TAG}",
     "evaluator": f"localhost/incept-evaluator:{TAG}",

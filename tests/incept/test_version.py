@@ -29,7 +29,8 @@ def test_image_tags_in_manifests_and_settings_follow_the_version():
     """Images are tagged with the version they were built from: no manifest may name
     another tag of incept's own images."""
     tags = set()
-    for path in [*ROOT.glob("k8s/**/*.yaml"), *ROOT.glob("docker-compose*.yml")]:
+    for path in [*ROOT.glob("k8s/**/*.yaml"), *ROOT.glob("docker-compose*.yml"),
+                 ROOT / ".env.example", *ROOT.glob("docker/*.Dockerfile")]:
         tags |= {(path.name, t) for t in re.findall(r"incept-(?:trainer|evaluator|gateway|"
                                                     r"tensorboard):([\w.+-]+)", path.read_text())}
     assert tags, "no incept image is named anywhere"
