@@ -56,11 +56,22 @@ def heads_fn(model, model_name: str):
     return heads
 
 
-def validation_outputs(heads, validation) -> SplitOutputs:
-    """The checkpoint's ``SplitOutputs`` of the validation split from its cached view."""
+def validation_outputs(heads, validation, filenames: list[str]) -> SplitOutputs:
+    """The checkpoint's ``SplitOutputs`` of the validation split from its cached view;
+    ``filenames`` in the cache's image order (``split_filenames``)."""
     pre_logits = np.asarray(validation.views[0]["pre_logits"], np.float32)
     return SplitOutputs(heads(pre_logits).numpy(), pre_logits,
-                        validation.labels.astype(np.int64), filenames=[])
+                        validation.labels.astype(np.int64), filenames=filenames)
+
+
+def split_filenames(dataset_dir, split: str) -> list[str]:
+    """The split's file names in the order the feature cache holds its images (the
+    TFRecords' read order, as ``incept.training.features.fingerprints``), read once
+    per job: what the page's gallery of mistakes needs, and the cache does not keep."""
+    from incept.data.dataset import read_examples
+
+    names = read_examples(dataset_dir, split).map(lambda e: e["filename"])
+    return [name.decode() for name in names.as_numpy_iterator()]
 
 
 def training_features(train) -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +104,7 @@ class HeadOnlyJob:
             self.restorer.restore(step)  # the backbone all the job's checkpoints share
             found = job_features(model, spec, layout, dataset_dir)
         self.validation, self.train = found["validation"], found["train"]
+        self.validation_files = split_filenames(dataset_dir, "validation")
         # What the feature cache gave this job: views read from it, views the
         # evaluator had to compute (then stored) because the cache lacked them.
         self.feature_views = {"cached": sum(f.hits for f in found.values()),
@@ -130,6 +142,6 @@ class HeadOnlyJob:
         from incept.evaluation.open_set import calibrate_open_set
 
         restored = self.restorer.restore(step, frozen_unchanged=True)
-        outputs = validation_outputs(self.heads, self.validation)
+        outputs = validation_outputs(self.heads, self.validation, self.validation_files)
         record = calibrate_open_set(self.open_set, outputs, self.fitted_on)
         return restored, outputs, (self.open_set, record)

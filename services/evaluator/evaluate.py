@@ -258,9 +258,10 @@ def _write_per_image(run: RunLayout, step: int, validation, open_set) -> None:
 
     labels = np.asarray(validation.labels, dtype=np.int64)
     if len(validation.filenames) != len(labels):
-        # A head-only job's outputs come from the feature cache, which keeps no
-        # file names: no per-image record (the page says so) rather than a wrong one.
-        log.info("job %s step %d: no file names, no per-image results", run.job_id, step)
+        # File names that do not match the outputs one to one: no per-image record
+        # (the page says so) rather than a wrong one.
+        log.warning("job %s step %d: %d file names for %d images, no per-image results",
+                    run.job_id, step, len(validation.filenames), len(labels))
         return
     probs = softmax(validation.logits)
     predicted = probs.argmax(axis=1)

@@ -40,8 +40,13 @@ def test_head_only_job_is_evaluated_on_cached_features(layout, redis_conn, redis
     for step in (20, 40, 60):
         assert evaluate_checkpoint(layout, redis_conn, "heads", step).status == "evaluated"
         results.append(json.loads(run.eval_result(step).read_text()))
-    for result in results:
+    for step, result in zip((20, 40, 60), results, strict=True):
         assert result["features"] == "cached"
+        # The gallery's per-image record, from the cached features, matches the metrics.
+        per_image = json.loads(run.eval_images(step).read_text())["images"]
+        assert len(per_image) == result["num_images"] == 18
+        assert sum(i["predicted"] == i["label"] for i in per_image) / 18 == result["accuracy"]
+        assert len({i["file"] for i in per_image}) == 18
         assert result["feature_views"] == {"cached": 2, "computed": 0}
         assert result["ood"]["fitted_on"] == 54 and result["ood"]["calibrated_on"] == 18
     exported = [r for r in results if r["exported_version"] is not None]
