@@ -306,7 +306,9 @@ def test_every_job_finishes_with_each_checkpoint_evaluated_once(e2e):
         # Every checkpoint gets its result, including those around the faults.
         job = e2e.wait_for(f"every checkpoint of {job_id} evaluated", lambda j=job_id, s=steps: (
             (x := e2e.job(j)) and [e["step"] for e in evaluations_of(x)] == s and x))
-        results = sorted(int(p.stem) for p in (e2e.root / "runs" / job_id / "eval").glob("*.json"))
+        # Results only: not the per-image sidecars (<step>.images.json) or error records.
+        results = sorted(int(p.stem) for p in (e2e.root / "runs" / job_id / "eval").glob("*.json")
+                         if p.stem.isdigit())
         assert results == steps
         # ... and exactly once on the live stream, including an evaluation that
         # finished while Redis was down (published from its result on disk).

@@ -62,7 +62,10 @@ def workers(layout, redis_url, tmp_path):
 
 
 def results(run) -> list[str]:
-    return sorted(p.name for p in run.eval_dir.glob("*.json")) if run.eval_dir.is_dir() else []
+    """The run's result and error records (not the per-image sidecars the gallery reads)."""
+    if not run.eval_dir.is_dir():
+        return []
+    return sorted(p.name for p in run.eval_dir.glob("*.json") if not p.name.endswith(".images.json"))
 
 
 def test_trainer_to_eval_queue_to_blessed_export(layout, redis_url, redis_conn, dataset,
