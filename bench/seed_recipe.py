@@ -27,6 +27,7 @@ weigh about 4x more, so the ratios are held to 2.0 and 2.2.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -247,7 +248,7 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
                         help=f"class folders of photos (default {DEFAULT_DATA})")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
-    parser.add_argument("--child-forward", type=Path, help=argparse_hidden())
+    parser.add_argument("--child-forward", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_forward:
         print(forward_pass_seconds(args.child_forward))
@@ -275,12 +276,6 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":

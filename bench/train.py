@@ -35,6 +35,7 @@ Without --data-dir the images are generated (``incept.data.synthetic``);
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -359,11 +360,11 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     # Internal: one measured trainer process.
     parser.add_argument("--child", choices=["head", "head-cached", "full", "forward", "head-timed"],
-                        help=argparse_hidden())
-    parser.add_argument("--datasets-from", type=Path, help=argparse_hidden())
-    parser.add_argument("--root", type=Path, help=argparse_hidden())
-    parser.add_argument("--model", default="inception_v4", help=argparse_hidden())
-    parser.add_argument("--size", type=int, default=299, help=argparse_hidden())
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--datasets-from", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="inception_v4", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=299, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -391,12 +392,6 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     return 0
-
-
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 if __name__ == "__main__":
