@@ -127,8 +127,8 @@ class HeadOnlyJob:
         return layer, len(labels)
 
     def export_archive(self):
-        """The traced serving function of this job's model and open-set score
-        (their weights are read when a version is written)."""
+        """The serving function of this job's model and open-set score, traced
+        (their weights are read when a version is written: ``ServingArchive``)."""
         from incept.export import build_archive
 
         if self.archive is None:

@@ -121,7 +121,8 @@ def _head_only_job(layout: Layout, run: RunLayout, dataset_dir: Path, step: int 
 
 def prepare_head_only(layout: Layout, job_id: str) -> dict:
     """Get a head-only job ready while its heads train (``incept.queues.enqueue_prepare``):
-    model built, cached features read, open-set score fitted, export traced.
+    model built, cached features read, open-set score fitted, export traced and
+    its graph written (each version is then a checkpoint write).
     Without a complete cache (and no checkpoint yet) there is nothing to do
     ahead: the first checkpoint's evaluation does it all."""
     from incept.checkpoints import load_run_spec
@@ -133,7 +134,7 @@ def prepare_head_only(layout: Layout, job_id: str) -> dict:
         spec = load_run_spec(run)
         if not is_head_only(spec):
             return {"status": "skipped", "reason": "not a head-only job"}
-        _head_only_job(layout, run, spec.dataset_dir(layout), None).export_archive()
+        _head_only_job(layout, run, spec.dataset_dir(layout), None).export_archive().write_graph()
     except (UserError, OSError, ValueError) as e:
         log.info("job %s: not prepared ahead of its checkpoints (%s)", job_id, e)
         return {"status": "skipped", "reason": str(e)[:500]}

@@ -196,3 +196,51 @@ def test_versions_of_one_model_share_one_traced_archive(tmp_path):
                                in_process(model, images)["probabilities"], rtol=1e-5, atol=1e-6)
     assert not np.allclose(outputs[0]["probabilities"].numpy(), outputs[1]["probabilities"].numpy())
     assert outputs[1]["is_unknown"].numpy().all() and not outputs[0]["is_unknown"].numpy().any()
+
+
+def serve_as_tf_serving_loads(path, images: list[bytes]) -> dict[str, np.ndarray]:
+    """The version's signature run the way TF Serving's C++ loader runs it: the
+    graph imported, the variables filled by its restore op (not by Python's
+    object-graph matching), then the signature's tensors fetched in a session."""
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+        signature = meta.signature_def["serving_default"]
+        names = {k: v.name for k, v in signature.outputs.items()}
+        return session.run(names, {signature.inputs["images"].name: images})
+
+
+def test_versions_after_the_graph_are_checkpoint_writes_tf_serving_restores(tmp_path):
+    """After ``write_graph`` a version is the job's graph plus a checkpoint of the
+    weights: its restore op (what TF Serving runs) must find every weight under
+    the keys a full save uses, each weight written once, the values those of
+    the moment it was written."""
+    from incept.export import build_archive
+
+    tf.keras.utils.set_random_seed(3)
+    model = nets.build("tiny", num_classes=len(CLASSES), image_size=SIZE)
+    ood = fitted_ood(model)
+    ood.threshold.assign(1e30)
+    images = encoded_images(4, seed=9)
+    full = export_model(model, CLASSES, tmp_path / "full", image_size=SIZE, ood=ood)
+    archive = build_archive(model, CLASSES, image_size=SIZE, ood=ood)
+    archive.write_graph()
+    wants, results = [], []
+    for threshold, scale in ((1e30, 1.0), (-1.0, -2.0)):
+        logits = model.get_layer("Logits.Logits")
+        logits.kernel.assign(logits.kernel * scale)
+        ood.threshold.assign(threshold)
+        wants.append(in_process(model, images)["probabilities"])
+        results.append(export_model(model, CLASSES, tmp_path / "m", image_size=SIZE, ood=ood,
+                                    archive=archive))
+    first, second = (serve_as_tf_serving_loads(r.path, images) for r in results)
+    np.testing.assert_allclose(first["probabilities"], wants[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(second["probabilities"], wants[1], rtol=1e-5, atol=1e-6)
+    assert not first["is_unknown"].any() and second["is_unknown"].all()
+
+    def saved(path) -> dict:
+        return dict(tf.train.list_variables(str(path / "variables" / "variables")))
+
+    assert saved(results[1].path) == saved(full.path)
+    weights = {id(v) for v in [*model.weights, *ood.weights]}
+    assert len([k for k in saved(full.path) if k.endswith("VARIABLE_VALUE")]) == len(weights)
