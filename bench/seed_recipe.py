@@ -1,6 +1,6 @@
 """The seed's head-only recipe from upload to served model, against one forward pass.
 
-    python bench/seed_recipe.py [--data-dir DIR] [--quick] [--keep]
+    python bench/seed_recipe.py [--data-dir DIR] [--quick] [--keep] [--show DIR]
 
 As a user runs it, over HTTP against a fresh local stack (``incept.stack``:
 Redis, evaluator, trainer, gateway with the in-process backend, each its own
@@ -135,11 +135,49 @@ def watch_served(url: str, token: str, timeline: Timeline, stop) -> None:
             stop.wait(0.2)
 
 
-def follow(client, job_id: str, timeline: Timeline) -> list[int]:
+def show_feature_pass(url: str, token: str, job_id: str, out: Path) -> None:
+    """What a user sees while the feature pass runs: the job's page in headless
+    Chromium (``page-features.png``) and ``incept watch`` on a terminal
+    (``watch-features.txt``, its last frame)."""
+    import re
+
+    from playwright.sync_api import sync_playwright
+
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "INCEPT_GATEWAY_URL": url, "INCEPT_API_TOKEN": token, "COLUMNS": "100",
+           "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "NO_COLOR": "1"}
+    cli = subprocess.Popen([sys.executable, "-m", "incept.cli", "watch", job_id], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                    args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1100, "height": 800})
+        page.goto(f"{url}/#token={token}")
+        page.goto(f"{url}/#jobs/{job_id}")
+        page.wait_for_function("(document.querySelector('#phases li.current') || {})"
+                               ".textContent?.includes(' images')")
+        page.screenshot(path=str(out / "page-features.png"))
+        browser.close()
+    time.sleep(3)
+    cli.terminate()
+    text, _ = cli.communicate(timeout=30)
+    frames = re.split(r"\x1b\[\d*A|\r", re.sub(r"\x1b\[[0-9;?]*[lhKm]", "", text))
+    (out / "watch-features.txt").write_text(frames[-1] if frames else text)
+    print(f"  the feature pass as the user sees it: {out}/page-features.png, "
+          f"{out}/watch-features.txt", flush=True)
+
+
+def follow(client, job_id: str, timeline: Timeline, show: Path | None = None) -> list[int]:
     """The job's events until the gateway ends the stream; returns the exported versions."""
+    import threading
+
     versions = []
     for event in client.events(job_id):
         data = event.data if isinstance(event.data, dict) else {}
+        if event.type == "features" and show and data.get("done") and "shown" not in timeline.marks:
+            timeline.mark("shown")
+            threading.Thread(target=show_feature_pass, daemon=True,
+                             args=(client.url, client.token, job_id, show)).start()
         if event.type == "phase":
             timeline.mark(f"phase:{data['phase']}")
         elif event.type in ("checkpoint", "eval"):
@@ -154,7 +192,7 @@ def follow(client, job_id: str, timeline: Timeline) -> list[int]:
     return versions
 
 
-def run_stack(root: Path, photos: Path, quick: bool) -> tuple[Timeline, list[dict], dict]:
+def run_stack(root: Path, photos: Path, show: Path | None) -> tuple[Timeline, list[dict], dict]:
     """The whole recipe over HTTP; returns the timeline, the eval records and the job."""
     import threading
 
@@ -177,7 +215,7 @@ def run_stack(root: Path, photos: Path, quick: bool) -> tuple[Timeline, list[dic
             watcher = threading.Thread(target=watch_served, daemon=True,
                                        args=(stack.url, stack.token, timeline, stop))
             watcher.start()
-            versions = follow(client, job_id, timeline)
+            versions = follow(client, job_id, timeline, show)
             deadline = time.monotonic() + 600
             while f"served:{max(versions)}" not in timeline.marks:
                 if time.monotonic() > deadline:
@@ -237,6 +275,8 @@ def phase_table(timeline: Timeline, records: list[dict]) -> dict[str, float]:
                   f"{export['save']:.1f}, fsync {export['fsync']:.2f})" if export else "")
         print(f"{'evaluation of step ' + str(r['step']):<44} {r['eval_s']:>9.2f}{detail}")
     print(f"{'upload -> first served version':<44} {m['first_served']:>9.1f}")
+    print("timeline (s since the upload): " + ", ".join(
+        f"{name} {t:.1f}" for name, t in sorted(m.items(), key=lambda kv: kv[1])))
     print(f"{'upload -> every checkpoint evaluated, best served':<44} {m['done']:>9.1f}")
     later = [r["eval_s"] for r in records[1:]]
     return {"first_served": m["first_served"], "done": m["done"],
@@ -248,6 +288,9 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
                         help=f"class folders of photos (default {DEFAULT_DATA})")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--show", type=Path, metavar="DIR",
+                        help="save what a user sees during the feature pass into DIR: the job's "
+                             "page (Chromium screenshot) and incept watch's view")
     parser.add_argument("--child-forward", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_forward:
@@ -257,7 +300,7 @@ def main() -> int:
     try:
         count = pick_photos(args.data_dir, work / "photos", 150 if args.quick else None)
         print(f"== the seed's head-only recipe on {count} photos over HTTP", flush=True)
-        timeline, records, job = run_stack(work, work / "photos", args.quick)
+        timeline, records, job = run_stack(work, work / "photos", args.show)
         print(f"== one forward pass over the same {count} photos (fresh process)", flush=True)
         one_pass = baseline(work / "var" / "datasets" / DATASET)
         times = phase_table(timeline, records)

@@ -255,7 +255,14 @@ def test_one_evaluated_step_is_a_level_line_and_head_only_rate_says_so(make_gate
     state.advance_phase(job_id, "features")  # as the trainer reports its feature pass
     state.emit(job_id, "features", {"done": 50, "total": 200, "images_per_sec": 9.0, "eta_s": 30})
     page.wait_for_function("document.querySelector('#phases li.current').textContent"
-                           ".includes('50 of 200 images, ETA 30 s')")
+                           ".includes('50 of 200 images, 9.0 img/s, ETA 30 s')")
+    # The bar and the line below it follow the feature pass while it runs.
+    assert page.inner_text("#job-progress") == "features: 50 of 200 images · 9.0 img/s · ETA 30 s"
+    assert page.get_attribute("#job-progress-track", "aria-valuenow") == "25"
+    assert page.get_attribute("#job-progress-track", "aria-label") == "feature pass progress"
+    state.advance_phase(job_id, "training")
+    page.wait_for_function("document.querySelector('#job-progress').textContent.startsWith('step 0')")
+    assert page.get_attribute("#job-progress-track", "aria-label") == "training progress"
     level = page.locator("#accuracy-chart line.level.s0")
     assert level.count() == 1
     x1, x2 = (float(level.get_attribute(a)) for a in ("x1", "x2"))
