@@ -79,10 +79,20 @@ class _Watcher:
         self.progress, self.print = progress, progress.console.print
         self.state = job.get("state")
         self.features_task = None
-        self.train_task = progress.add_task("training", total=job.get("max_steps"),
-                                            completed=job.get("step") or 0, info="")
+        self.train_task = None
+        self.max_steps = job.get("max_steps")
         if isinstance(job.get("features"), dict):
             self.on_features(job["features"])
+        # A head-only job's bars in the order it runs them: the stream's replay
+        # brings the feature pass first, then training.
+        if job.get("path") != "head_only" and job.get("phase") not in ("queued", "features"):
+            self.training_bar(job.get("step") or 0)
+
+    def training_bar(self, step: int = 0):
+        if self.train_task is None:
+            self.train_task = self.progress.add_task("training", total=self.max_steps,
+                                                     completed=step, info="")
+        return self.train_task
 
     def handle(self, kind: str, data: dict) -> None:
         handler = getattr(self, f"on_{kind}", None)
@@ -98,12 +108,14 @@ class _Watcher:
 
     def on_progress(self, data: dict) -> None:
         fields = {"total": data["max_steps"]} if data.get("max_steps") else {}
-        self.progress.update(self.train_task, completed=data.get("step", 0), **fields,
+        self.progress.update(self.training_bar(), completed=data.get("step", 0), **fields,
                              info=f"· loss {_fmt(data.get('loss'))} · "
                                   f"{_fmt(data.get('images_per_sec'), '.0f')} img/s · "
                                   f"{_clock(data.get('eta_s'))} left")
 
     def on_phase(self, data: dict) -> None:
+        if data.get("phase") in ("training", "evaluating", "exported"):
+            self.training_bar()
         self.print(f"  phase: {data.get('phase')}")
 
     def on_checkpoint(self, data: dict) -> None:
@@ -122,7 +134,9 @@ class _Watcher:
     def on_state(self, data: dict) -> None:
         self.state = data.get("state", self.state)
         if data.get("max_steps"):
-            self.progress.update(self.train_task, total=data["max_steps"])
+            self.max_steps = data["max_steps"]
+            if self.train_task is not None:
+                self.progress.update(self.train_task, total=self.max_steps)
         self.print(f"  state: {self.state}")
 
     def on_waiting(self, data: dict) -> None:

@@ -119,11 +119,12 @@ def enqueue_eval(conn: redis.Redis, job_id: str, step: int) -> bool:
 
 
 def enqueue_prepare(conn: redis.Redis, job_id: str) -> bool:
-    """Ask an evaluator to get a head-only job ready while its heads train: the
-    model built, the cached features read, the open-set score fitted and the
-    export's serving function traced, so its first checkpoint pays for none of
-    it. Queued on ``eval`` ahead of the job's evaluation requests; a no-op when
-    one is pending. Returns whether one was queued."""
+    """Ask an evaluator to get a head-only job ready before its first
+    checkpoint: the model built, the export's serving function traced and its
+    graph written, the cached features read and the open-set score fitted
+    (those once the cache is complete), so the first checkpoint pays for none
+    of it. Queued on ``eval`` ahead of the job's evaluation requests; a no-op
+    when one is pending. Returns whether one was queued."""
     rid = request_id("prepare", job_id)
     if request_status(conn, rid) in _PENDING:
         return False

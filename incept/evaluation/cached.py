@@ -8,9 +8,9 @@ here once, and stored the same way, when it is missing). Per checkpoint that
 leaves restoring the heads, two small matrix products and the open-set
 calibration -- the backbone does not run again.
 
-``HeadOnlyJob`` keeps one job's built model and features in the evaluator's
-memory, so a job's later checkpoints pay for neither the model build nor
-reading the cache again.
+``HeadOnlyJob`` keeps one job's built model, export archive and features in
+the evaluator's memory, so a job's later checkpoints pay for none of the
+model build, the export's trace and graph, or reading the cache again.
 """
 
 from __future__ import annotations
@@ -74,6 +74,16 @@ def split_filenames(dataset_dir, split: str) -> list[str]:
     return [name.decode() for name in names.as_numpy_iterator()]
 
 
+def _open_set_score(num_classes: int, feature_dim: int):
+    from incept.evaluation.open_set import OpenSetScore
+
+    layer = OpenSetScore(num_classes=num_classes, feature_dim=feature_dim)
+    # Built (called once), so an export can be traced before it is fitted: the fit
+    # and each calibration assign its variables, which every version then reads.
+    layer(np.zeros((1, num_classes), np.float32), np.zeros((1, feature_dim), np.float32))
+    return layer
+
+
 def training_features(train) -> tuple[np.ndarray, np.ndarray]:
     """The open-set fit's training features: every cached view of every
     training image (the evaluation view when the job does not augment), float32."""
@@ -83,48 +93,62 @@ def training_features(train) -> tuple[np.ndarray, np.ndarray]:
 
 class HeadOnlyJob:
     """One head-only job: its model, built once and restored per checkpoint,
-    its cached features and its open-set score, fitted once on the training
-    features (they do not change between checkpoints; the calibration on the
-    validation outputs does, and is redone per checkpoint). ``archive`` keeps
-    the export's traced serving function for all the job's versions.
+    its export archive (the serving function traced and its graph written
+    once: ``incept.export.ServingArchive``), its cached features and its
+    open-set score, fitted once on the training features (they do not change
+    between checkpoints; the calibration on the validation outputs does, and
+    is redone per checkpoint).
 
-    Built from a complete cache it needs no checkpoint (the evaluator prepares
-    a job this way while its heads train); otherwise checkpoint ``step`` (the
-    newest by default) gives the backbone to compute the missing features with."""
+    The model and the archive need no features: the evaluator gets them ready
+    while the trainer's feature pass runs. The features are read once the
+    cache is complete; without one (evicted, another machine) checkpoint
+    ``step`` gives the backbone to compute the missing features with."""
 
-    def __init__(self, layout, run, dataset_dir, step: int | None = None):
+    def __init__(self, layout, run, dataset_dir):
         from incept.checkpoints import InferenceRestorer
-        from incept.training.features import NotCached
 
+        self.layout, self.dataset_dir = layout, dataset_dir
         self.restorer = InferenceRestorer(run, layout)
         spec, model = self.restorer.spec, self.restorer.model
+        self.heads = heads_fn(model, spec.model_name)
+        self.open_set = _open_set_score(len(self.restorer.class_names),
+                                        int(model.output["pre_logits"].shape[-1]))
+        self.fitted_on = 0
+        self.archive = None
+        self.validation = self.train = None
+        self.validation_files: list[str] = []
+        self.feature_views = {"cached": 0, "computed": 0}
+
+    @property
+    def has_features(self) -> bool:
+        return self.validation is not None
+
+    def read_features(self, step: int | None = None, *, compute: bool = True) -> None:
+        """The job's features from the cache (computed from checkpoint ``step``,
+        the newest by default, and stored when missing, unless ``compute`` is
+        False: then ``features.NotCached`` is raised), and the open-set fit."""
+        from incept.training.features import NotCached
+
+        if self.has_features:
+            return
+        spec, model = self.restorer.spec, self.restorer.model
         try:
-            found = job_features(None, spec, layout, dataset_dir, compute=False)
+            found = job_features(None, spec, self.layout, self.dataset_dir, compute=False)
         except NotCached:
+            if not compute:
+                raise
             self.restorer.restore(step)  # the backbone all the job's checkpoints share
-            found = job_features(model, spec, layout, dataset_dir)
-        self.validation, self.train = found["validation"], found["train"]
-        self.validation_files = split_filenames(dataset_dir, "validation")
+            found = job_features(model, spec, self.layout, self.dataset_dir)
         # What the feature cache gave this job: views read from it, views the
         # evaluator had to compute (then stored) because the cache lacked them.
         self.feature_views = {"cached": sum(f.hits for f in found.values()),
                               "computed": sum(f.computed for f in found.values())}
-        self.heads = heads_fn(model, spec.model_name)
-        self.open_set, self.fitted_on = self._fit_open_set(len(self.restorer.class_names))
-        self.archive = None
-
-    def _fit_open_set(self, num_classes: int):
-        from incept.evaluation.open_set import OpenSetScore
-
-        dim = self.validation.views[0]["pre_logits"].shape[1]
-        layer = OpenSetScore(num_classes=num_classes, feature_dim=dim)
-        # Built (called once) so an export can be traced before any checkpoint is read.
-        layer(np.zeros((1, num_classes), np.float32), np.zeros((1, dim), np.float32))
-        if not layer.needs_training_features:
-            return layer, 0
-        features, labels = training_features(self.train)
-        layer.fit_features(features, labels)
-        return layer, len(labels)
+        self.validation_files = split_filenames(self.dataset_dir, "validation")
+        if self.open_set.needs_training_features:
+            features, labels = training_features(found["train"])
+            self.open_set.fit_features(features, labels)
+            self.fitted_on = len(labels)
+        self.validation, self.train = found["validation"], found["train"]
 
     def export_archive(self):
         """The serving function of this job's model and open-set score, traced
@@ -141,6 +165,7 @@ class HeadOnlyJob:
         """(RestoredModel, validation SplitOutputs, (OpenSetScore, calibration record))."""
         from incept.evaluation.open_set import calibrate_open_set
 
+        self.read_features(step)
         restored = self.restorer.restore(step, frozen_unchanged=True)
         outputs = validation_outputs(self.heads, self.validation, self.validation_files)
         record = calibrate_open_set(self.open_set, outputs, self.fitted_on)

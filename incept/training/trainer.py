@@ -335,11 +335,16 @@ def _train(job: _Job, strategy: tf.distribute.Strategy, reporter: Reporter, link
                    path=choices.path)
     feats = None
     if choices.head_only:
+        if link is not None and chief:
+            # The evaluator builds its model and export while the feature pass
+            # runs, and reads the features once it ends: the first checkpoint
+            # pays for none of it.
+            link.request_prepare()
         feats = head_only_features(job, state, cluster, reporter, progress_interval_s)
         if not chief:
             return _feature_worker_done(job, state, cluster, feats.compute_seconds)
         if link is not None:
-            link.request_prepare()  # the evaluator gets ready while the heads train
+            link.request_prepare()
     reporter.phase("training")
     ds = _train_batches(job, feats, step)
     feature_seconds = feats.compute_seconds if feats is not None else 0.0

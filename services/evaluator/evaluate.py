@@ -108,25 +108,27 @@ def evaluate_checkpoint(layout: Layout, conn: redis.Redis, job_id: str, step: in
 _head_only_jobs: dict[tuple, object] = {}
 
 
-def _head_only_job(layout: Layout, run: RunLayout, dataset_dir: Path, step: int | None):
+def _head_only_job(layout: Layout, run: RunLayout, dataset_dir: Path):
     from incept.evaluation.cached import HeadOnlyJob
 
     key = (str(layout.root), run.job_id, run.spec.stat().st_mtime_ns, str(dataset_dir))
     job = _head_only_jobs.get(key)
     if job is None:
         _head_only_jobs.clear()
-        job = _head_only_jobs[key] = HeadOnlyJob(layout, run, dataset_dir, step)
+        job = _head_only_jobs[key] = HeadOnlyJob(layout, run, dataset_dir)
     return job
 
 
 def prepare_head_only(layout: Layout, job_id: str) -> dict:
-    """Get a head-only job ready while its heads train (``incept.queues.enqueue_prepare``):
-    model built, cached features read, open-set score fitted, export traced and
-    its graph written (each version is then a checkpoint write).
-    Without a complete cache (and no checkpoint yet) there is nothing to do
-    ahead: the first checkpoint's evaluation does it all."""
+    """Get a head-only job ready before its first checkpoint
+    (``incept.queues.enqueue_prepare``; the trainer asks when its feature pass
+    starts and again when it ends): the model built, the export traced and
+    its graph written (each version is then a checkpoint write) -- none of it
+    needs the features -- then, once the cache is complete, the features read
+    and the open-set score fitted. What is ready already is not redone."""
     from incept.checkpoints import load_run_spec
     from incept.spec import is_head_only
+    from incept.training.features import NotCached
 
     started = time.perf_counter()
     run = layout.run(job_id)
@@ -134,13 +136,19 @@ def prepare_head_only(layout: Layout, job_id: str) -> dict:
         spec = load_run_spec(run)
         if not is_head_only(spec):
             return {"status": "skipped", "reason": "not a head-only job"}
-        _head_only_job(layout, run, spec.dataset_dir(layout), None).export_archive().write_graph()
+        job = _head_only_job(layout, run, spec.dataset_dir(layout))
+        job.export_archive().write_graph()
+        try:
+            job.read_features(compute=False)
+        except NotCached:
+            pass  # the trainer's feature pass is still filling the cache
     except (UserError, OSError, ValueError) as e:
         log.info("job %s: not prepared ahead of its checkpoints (%s)", job_id, e)
         return {"status": "skipped", "reason": str(e)[:500]}
     seconds = round(time.perf_counter() - started, 3)
-    log.info("job %s: prepared for evaluation in %.1f s", job_id, seconds)
-    return {"status": "prepared", "seconds": seconds}
+    log.info("job %s: prepared for evaluation in %.1f s (features %s)", job_id, seconds,
+             "read" if job.has_features else "not complete yet")
+    return {"status": "prepared", "seconds": seconds, "features": job.has_features}
 
 
 def _forward_outputs(layout: Layout, run: RunLayout, step: int, batch_size: int):
@@ -170,7 +178,7 @@ def checkpoint_outputs(layout: Layout, run: RunLayout, step: int, batch_size: in
 
     spec = load_run_spec(run)
     if is_head_only(spec):
-        job = _head_only_job(layout, run, spec.dataset_dir(layout), step)
+        job = _head_only_job(layout, run, spec.dataset_dir(layout))
         return (*job.evaluate(step), job)
     return (*_forward_outputs(layout, run, step, batch_size), None)
 

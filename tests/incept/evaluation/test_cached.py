@@ -68,6 +68,8 @@ def test_cached_metrics_and_open_set_equal_full_forward_passes(layout, trained):
     from incept.evaluation.metrics import classification_metrics
 
     job = HeadOnlyJob(layout, trained, layout.dataset("shapes"))
+    assert not job.has_features  # read with the first checkpoint (or when prepared)
+    job.read_features(compute=False)
     # The trainer cached both splits: nothing left for the evaluator to compute.
     assert job.feature_views == {"cached": 2, "computed": 0}
     assert list_checkpoints(trained) == [20, 40]
@@ -80,6 +82,7 @@ def test_cached_metrics_and_open_set_equal_full_forward_passes(layout, trained):
 
 def test_missing_cache_is_computed_once_and_stored_like_the_trainers(layout, trained):
     from incept.evaluation.cached import HeadOnlyJob
+    from incept.training.features import NotCached
 
     entries = {p.relative_to(layout.feature_cache): np.load(p)
                for p in layout.feature_cache.rglob("*.npy")}
@@ -87,11 +90,15 @@ def test_missing_cache_is_computed_once_and_stored_like_the_trainers(layout, tra
     shutil.rmtree(layout.feature_cache)  # evicted, or another machine
 
     job = HeadOnlyJob(layout, trained, layout.dataset("shapes"))
+    with pytest.raises(NotCached):
+        job.read_features(compute=False)
+    job.evaluate(20)  # computes them with the backbone of the job's checkpoint
     assert job.feature_views == {"cached": 0, "computed": 2}
     again = {p.relative_to(layout.feature_cache): np.load(p)
              for p in layout.feature_cache.rglob("*.npy")}
     assert again.keys() == entries.keys()
     for name, value in entries.items():
         np.testing.assert_array_equal(again[name], value)
-    assert HeadOnlyJob(layout, trained, layout.dataset("shapes")).feature_views == {
-        "cached": 2, "computed": 0}
+    again_job = HeadOnlyJob(layout, trained, layout.dataset("shapes"))
+    again_job.read_features(compute=False)
+    assert again_job.feature_views == {"cached": 2, "computed": 0}

@@ -26,6 +26,9 @@ def test_head_only_job_is_evaluated_on_cached_features(layout, redis_conn, redis
                       checkpoint_every_steps=20, learning_rate=0.05)
     JobState(redis_conn).create("heads")
     assert JobState(redis_conn).get("heads")["phase"] == "queued"
+    # As the trainer asks when its feature pass starts: model and export, no features yet.
+    early = prepare_head_only(layout, "heads")
+    assert early["status"] == "prepared" and early["features"] is False
     assert train("heads", layout, redis_url=redis_url).path == "head_only"
     state = JobState(redis_conn)
     assert state.get("heads")["phase"] == "evaluating"
@@ -33,9 +36,8 @@ def test_head_only_job_is_evaluated_on_cached_features(layout, redis_conn, redis
     assert status["phase"] == "evaluating"
     assert status["features"]["done"] == status["features"]["total"] == 72  # both splits, once
 
-    # The trainer asked the evaluator to get ready while the heads trained: model,
-    # features, open-set fit and the export's traced function, before any checkpoint.
-    assert prepare_head_only(layout, "heads")["status"] == "prepared"
+    # ... and when it ends: then the features are read and the open-set score fitted.
+    assert prepare_head_only(layout, "heads")["features"] is True
     results = []
     for step in (20, 40, 60):
         assert evaluate_checkpoint(layout, redis_conn, "heads", step).status == "evaluated"

@@ -27,7 +27,7 @@ def test_watch_prints_evaluations_that_finish_after_training(gateway, layout, re
     with GatewayClient(gateway.url, TOKEN) as client:
         job_id = client.submit(SPEC)["job_id"]
         state = JobState(connect(redis_url))
-        state.set_state(job_id, "running")
+        state.set_state(job_id, "running", path="head_only")  # as the trainer reports it
         # The head-only feature pass: its own bar, before training's.
         state.advance_phase(job_id, "features")
         state.emit(job_id, "features", {"done": 312, "total": 736, "images_per_sec": 4.1, "eta_s": 100})
@@ -64,5 +64,7 @@ def test_watch_prints_evaluations_that_finish_after_training(gateway, layout, re
     assert "phase: features" in text and "phase: training" in text
     features_line = next(line for line in text.splitlines() if line.startswith("features"))
     assert features_line.endswith("312/736 · 4.1 img/s · 1:40 left"), features_line
+    bars = [line.split()[0] for line in text.splitlines() if line.startswith(("features", "training"))]
+    assert bars[-2:] == ["features", "training"], text  # in the order the job runs them
     assert text.index("state: succeeded") < text.index("evaluated step 4") < text.rstrip().rindex(
         f"{job_id}: succeeded")
