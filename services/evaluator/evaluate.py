@@ -26,6 +26,7 @@ highest accuracy, then lowest loss, then earliest step; versions = union), so a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -138,10 +139,8 @@ def prepare_head_only(layout: Layout, job_id: str) -> dict:
             return {"status": "skipped", "reason": "not a head-only job"}
         job = _head_only_job(layout, run, spec.dataset_dir(layout))
         job.export_archive().write_graph()
-        try:
+        with contextlib.suppress(NotCached):  # the feature pass is still filling the cache
             job.read_features(compute=False)
-        except NotCached:
-            pass  # the trainer's feature pass is still filling the cache
     except (UserError, OSError, ValueError) as e:
         log.info("job %s: not prepared ahead of its checkpoints (%s)", job_id, e)
         return {"status": "skipped", "reason": str(e)[:500]}
