@@ -138,7 +138,7 @@ def watch_served(url: str, token: str, timeline: Timeline, stop) -> None:
 def show_feature_pass(url: str, token: str, job_id: str, out: Path) -> None:
     """What a user sees while the feature pass runs: the job's page in headless
     Chromium (``page-features.png``) and ``incept watch`` on a terminal
-    (``watch-features.txt``, its last frame)."""
+    (``watch-features.txt``, each redraw once)."""
     import re
 
     from playwright.sync_api import sync_playwright
@@ -161,8 +161,10 @@ def show_feature_pass(url: str, token: str, job_id: str, out: Path) -> None:
     time.sleep(3)
     cli.terminate()
     text, _ = cli.communicate(timeout=30)
-    frames = re.split(r"\x1b\[\d*A|\r", re.sub(r"\x1b\[[0-9;?]*[lhKm]", "", text))
-    (out / "watch-features.txt").write_text(frames[-1] if frames else text)
+    lines = re.split(r"\x1b\[\d*A|\r|\n", re.sub(r"\x1b\[[0-9;?]*[lhKm]", "", text))
+    shown = [line.rstrip() for line in lines if line.strip()]  # each redraw once
+    (out / "watch-features.txt").write_text("".join(
+        f"{line}\n" for i, line in enumerate(shown) if i == 0 or line != shown[i - 1]))
     print(f"  the feature pass as the user sees it: {out}/page-features.png, "
           f"{out}/watch-features.txt", flush=True)
 
