@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         "Port of the Open Inference Protocol's gRPC service (inference.GRPCInferenceService); 0: off."))
     tfserving_rest: str = Field("http://127.0.0.1:8501", description="TF Serving's REST URL (backend rest).")
     backend_timeout_s: float = Field(10.0, description="Deadline of one call to the prediction backend.")
-    model_poll_s: float = Field(2.0, description="How often the in-process backend looks for new versions.")
+    model_poll_s: float = Field(1.0, description="How often the in-process backend looks for new versions (as TF Serving, every second by default).")
     batch_max_size: int = Field(32, description="In-process micro-batching: most images per model call.")
     batch_max_delay_ms: float = Field(2.0, description="In-process micro-batching: longest wait to fill a batch.")
     max_body_bytes: int = Field(20 * 1024 * 1024, description="Largest prediction request body (413 above).")

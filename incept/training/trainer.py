@@ -318,6 +318,12 @@ def _train(job: _Job, strategy: tf.distribute.Strategy, reporter: Reporter, link
            stop: Stop, *, path: str, progress_interval_s: float) -> TrainResult:
     spec, chief = job.spec, job.chief
     choices = _choose(spec, path, strategy)
+    if choices.head_only and chief and link is not None:
+        # The evaluator builds its model and writes the export's graph (single-threaded
+        # work) while this process builds its own: two cores busy, not one; the
+        # feature pass that follows then needs both. Asked again once the features
+        # are cached, for it to read them while the heads train.
+        link.request_prepare()
     cluster = strategy
     if choices.head_only and distribute.is_multi_worker(strategy):
         # Each worker computes its shard of the features; the heads (seconds of
@@ -335,11 +341,6 @@ def _train(job: _Job, strategy: tf.distribute.Strategy, reporter: Reporter, link
                    path=choices.path)
     feats = None
     if choices.head_only:
-        if link is not None and chief:
-            # The evaluator builds its model and export while the feature pass
-            # runs, and reads the features once it ends: the first checkpoint
-            # pays for none of it.
-            link.request_prepare()
         feats = head_only_features(job, state, cluster, reporter, progress_interval_s)
         if not chief:
             return _feature_worker_done(job, state, cluster, feats.compute_seconds)

@@ -62,7 +62,7 @@ class ModelSlot:
 class InProcessBackend(PredictionBackend):
     name = "inprocess"
 
-    def __init__(self, layout: Layout, *, poll_s: float = 2.0, batch_max_size: int = 32,
+    def __init__(self, layout: Layout, *, poll_s: float = 1.0, batch_max_size: int = 32,
                  batch_max_delay_ms: float = 2.0, metrics: GatewayMetrics | None = None):
         self.layout = layout
         self.poll_s = poll_s

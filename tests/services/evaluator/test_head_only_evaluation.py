@@ -18,6 +18,7 @@ from helpers_training import TINY_HEADS, make_dataset, make_run  # noqa: E402
 
 def test_head_only_job_is_evaluated_on_cached_features(layout, redis_conn, redis_url):
     from incept.jobstate import PHASES, JobState
+    from incept.queues import is_pending, request_id
     from incept.training.trainer import train
     from services.evaluator.evaluate import evaluate_checkpoint, prepare_head_only
 
@@ -36,6 +37,8 @@ def test_head_only_job_is_evaluated_on_cached_features(layout, redis_conn, redis
     assert status["phase"] == "evaluating"
     assert status["features"]["done"] == status["features"]["total"] == 72  # both splits, once
 
+    # The trainer asked an evaluator to get ready (queued on `eval`, no worker here).
+    assert is_pending(redis_conn, request_id("prepare", "heads"))
     # ... and when it ends: then the features are read and the open-set score fitted.
     assert prepare_head_only(layout, "heads")["features"] is True
     results = []
