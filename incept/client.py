@@ -8,26 +8,30 @@ http://127.0.0.1:8000."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from httpx_sse import connect_sse
+from httpx_sse import EventSource, connect_sse
 
 from incept.errors import UserError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+BUSY_RETRY_MAX_S = 30.0  # the longest wait before asking a full gateway for a stream again
 
 
 class GatewayError(UserError):
-    def __init__(self, message: str, status_code: int | None = None):
+    def __init__(self, message: str, status_code: int | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(message)
         self.status_code = status_code
+        self.retry_after_s = retry_after_s
 
 
 @dataclass
@@ -53,6 +57,20 @@ def resolve_endpoint(url: str | None = None, token: str | None = None,
             token = token or state.get("token")
         token = token or (settings.tokens()[0] if settings.tokens() else None)
     return (url or DEFAULT_URL).rstrip("/"), token
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(response.headers["Retry-After"]))
+    except (KeyError, ValueError):
+        return None  # absent, or an HTTP date: the caller's own backoff decides
+
+
+def busy_delay(retry_after_s: float | None, waits_so_far: int) -> float:
+    """Seconds to wait before asking a full gateway again: its Retry-After, and
+    longer (1, 2, 4, 8 ... s) while it stays full; at least 1 s, at most BUSY_RETRY_MAX_S."""
+    backoff = 2.0 ** min(waits_so_far, 16)
+    return min(BUSY_RETRY_MAX_S, max(1.0, retry_after_s or 0.0, backoff))
 
 
 def _detail(response: httpx.Response) -> str:
@@ -104,7 +122,7 @@ class GatewayClient:
             raise GatewayError(f"the gateway at {self.url} refused the request: missing or wrong "
                                "API token (--token or INCEPT_API_TOKEN)", 401)
         raise GatewayError(f"{method} {path}: {response.status_code} {_detail(response)}",
-                           response.status_code)
+                           response.status_code, _retry_after(response))
 
     def get_json(self, path: str, **kw) -> Any:
         return self.request("GET", path, **kw).json()
@@ -171,42 +189,63 @@ class GatewayClient:
         return self.request("POST", f"/v1/classify/{model}", files=files,
                             timeout=timeout_s).json()
 
-    def events(self, job_id: str, after: str | None = None, *,
-               reconnect_s: float = 120.0) -> Iterator[Event]:
+    def events(self, job_id: str, after: str | None = None, *, reconnect_s: float = 120.0,
+               on_busy: Callable[[float], None] | None = None) -> Iterator[Event]:
         """The job's server-sent events, live, up to and including ``end`` (the
         gateway sends it once training is over and every checkpoint has its
-        evaluation outcome). A dropped connection (the gateway restarting) is
-        resumed from the last event id for up to ``reconnect_s``."""
+        evaluation outcome). A dropped connection (the gateway restarting, or
+        closing a stream at its longest lifetime) is resumed after the last event
+        id, so no event comes twice, for up to ``reconnect_s`` of the gateway
+        being unreachable. A gateway holding all the event streams it may (429)
+        is asked again, as long as it takes, after each ``busy_delay``, which
+        ``on_busy`` hears of first."""
         last = after
         down_since: float | None = None
+        busy_waits = 0
         while True:
-            headers = {"Last-Event-ID": last} if last else {}
             try:
-                with connect_sse(self.http, "GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                                 timeout=httpx.Timeout(30.0, read=None)) as source:
-                    if source.response.status_code != 200:
-                        source.response.read()
-                        raise GatewayError(f"events of {job_id}: {source.response.status_code} "
-                                           f"{_detail(source.response)}",
-                                           source.response.status_code)
-                    down_since = None  # the gateway answers with the stream: it is up
-                    for sse in source.iter_sse():
-                        if not sse.data:
-                            continue  # the reconnection delay, not an event
-                        event = Event(sse.id or None, sse.event, _json_or_text(sse.data))
-                        if event.id:
-                            last = event.id
+                with self._event_source(job_id, last) as source:
+                    down_since, busy_waits = None, 0  # the gateway answers with the stream: it is up
+                    for event in _events_of(source):
+                        last = event.id or last
                         yield event
                         if event.type == "end":
                             return
                 # Closed without an end: the gateway stopped; resume where we were.
-            except (httpx.TransportError, httpx.RemoteProtocolError):
+            except GatewayError as e:
+                if e.status_code != 429:
+                    raise
+                down_since = None  # it answers: it is up, only full
+                delay = busy_delay(e.retry_after_s, busy_waits)
+                busy_waits += 1
+                if on_busy is not None:
+                    on_busy(delay)
+                time.sleep(delay)
+                continue
+            except httpx.TransportError:
                 pass
-            now = time.monotonic()
-            down_since = down_since or now
-            if now - down_since > reconnect_s:
+            down_since = down_since or time.monotonic()
+            if time.monotonic() - down_since > reconnect_s:
                 raise GatewayError(f"lost the event stream of {job_id} at {self.url}")
             time.sleep(1.0)
+
+    @contextlib.contextmanager
+    def _event_source(self, job_id: str, last: str | None) -> Iterator[EventSource]:
+        headers = {"Last-Event-ID": last} if last else {}
+        with connect_sse(self.http, "GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                         timeout=httpx.Timeout(30.0, read=None)) as source:
+            response = source.response
+            if response.status_code != 200:
+                response.read()
+                raise GatewayError(f"events of {job_id}: {response.status_code} {_detail(response)}",
+                                   response.status_code, _retry_after(response))
+            yield source
+
+
+def _events_of(source: EventSource) -> Iterator[Event]:
+    for sse in source.iter_sse():
+        if sse.data:  # an empty one is the reconnection delay, not an event
+            yield Event(sse.id or None, sse.event, _json_or_text(sse.data))
 
 
 def _json_or_text(text: str) -> Any:

@@ -78,6 +78,7 @@ class _Watcher:
     def __init__(self, progress, job: dict):
         self.progress, self.print = progress, progress.console.print
         self.state = job.get("state")
+        self.waiting_for: list[int] | None = None
         self.features_task = None
         self.train_task = None
         self.max_steps = job.get("max_steps")
@@ -141,6 +142,9 @@ class _Watcher:
 
     def on_waiting(self, data: dict) -> None:
         steps = data.get("pending_evaluations") or []
+        if steps == self.waiting_for:
+            return  # a resumed stream says again what the last one said
+        self.waiting_for = steps
         self.print(f"  training {data.get('state')}; waiting for the evaluation of "
                    f"step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))} ...")
 
@@ -150,8 +154,9 @@ class _Watcher:
 
 def watch(client: GatewayClient, job_id: str, console=None) -> int:
     """Follow a job live from its event stream (see ``_Watcher``) until the
-    gateway ends the stream (training over and every checkpoint evaluated).
-    Returns 0 if the job succeeded."""
+    gateway ends the stream (training over and every checkpoint evaluated),
+    waiting while the gateway is at its limit of event streams and resuming a
+    dropped stream. Returns 0 if the job succeeded."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -160,9 +165,13 @@ def watch(client: GatewayClient, job_id: str, console=None) -> int:
     console.print(f"following {job_id}")
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), console=console)
+
+    def busy(delay_s: float) -> None:
+        console.print(f"the gateway is at its event-stream limit; retrying in {delay_s:g} s")
+
     with progress:
         watcher = _Watcher(progress, job)
-        for event in client.events(job_id):
+        for event in client.events(job_id, on_busy=busy):
             watcher.handle(event.type, event.data if isinstance(event.data, dict) else {})
     state = watcher.state
     job = client.job(job_id)
