@@ -10,35 +10,42 @@ from incept.client import GatewayClient, resolve_endpoint
 from incept.console import job_panel, jobs_table, watch
 
 
-def _add_endpoint(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=None,
-                        help="gateway URL (default: INCEPT_GATEWAY_URL, else the local stack's)")
+def add_endpoint_arguments(parser: argparse.ArgumentParser,
+                           url_group: argparse._ActionsContainer | None = None) -> None:
+    """--url (into ``url_group`` when it excludes other targets), --token and
+    --data-root: where the gateway is, read by ``endpoint``."""
+    (url_group or parser).add_argument(
+        "--url", default=None, help="gateway URL (default: INCEPT_GATEWAY_URL, else the local "
+                                    "stack's, else http://127.0.0.1:8000)")
     parser.add_argument("--token", default=None,
                         help="API token (default: INCEPT_API_TOKEN, else the local stack's)")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="find the local stack's URL and token under this data root")
 
 
+def endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
+    return resolve_endpoint(args.url, args.token, args.data_root)
+
+
 def _client(args: argparse.Namespace) -> GatewayClient:
-    url, token = resolve_endpoint(args.url, args.token, args.data_root)
-    return GatewayClient(url, token)
+    return GatewayClient(*endpoint(args))
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", type=Path, help="job spec (YAML or JSON)")
     parser.add_argument("--watch", action="store_true", help="then follow its progress")
-    _add_endpoint(parser)
+    add_endpoint_arguments(parser)
 
 
 def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", nargs="?", help="a job id (default: list the jobs)")
     parser.add_argument("--json", action="store_true", help="print the raw JSON")
-    _add_endpoint(parser)
+    add_endpoint_arguments(parser)
 
 
 def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="a job id")
-    _add_endpoint(parser)
+    add_endpoint_arguments(parser)
 
 
 def run_submit(args: argparse.Namespace) -> int:

@@ -8,18 +8,18 @@ import asyncio
 import json
 from pathlib import Path
 
+from incept.commands.client import add_endpoint_arguments, endpoint
 from incept.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="JPEG or PNG files")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--url", help="the gateway (default: INCEPT_GATEWAY_URL, the local stack, "
-                                     "or http://127.0.0.1:8000)")
     where.add_argument("--grpc", metavar="HOST:PORT", help="TF Serving's gRPC API")
     where.add_argument("--rest", metavar="URL", help="TF Serving's REST API, e.g. http://host:8501")
+    # Last in the group, so the usage line shows the three choices together.
+    add_endpoint_arguments(parser, url_group=where)
     parser.add_argument("--model", help="model name (default: the gateway's only/first model)")
-    parser.add_argument("--token", help="API token, when the gateway protects prediction")
     parser.add_argument("--json", action="store_true", help="print the raw JSON answer")
 
 
@@ -34,9 +34,9 @@ def _read(paths: list[Path]) -> list[bytes]:
 
 
 def _via_gateway(args, images: list[bytes]) -> dict:
-    from incept.client import GatewayClient, resolve_endpoint
+    from incept.client import GatewayClient
 
-    url, token = resolve_endpoint(args.url, args.token)
+    url, token = endpoint(args)
     with GatewayClient(url, token) as client:
         model = args.model
         if model is None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.tfserving import FakeTFServing
+from tests.services.gateway.conftest import TOKEN
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -56,3 +57,19 @@ def test_predict_errors_are_clear(gateway, image_files, tmp_path):
     assert r.returncode == 2 and "unknown model" in r.stderr
     r = _incept("predict", image_files[0], "--grpc", "127.0.0.1:1")
     assert r.returncode == 2 and "--model" in r.stderr
+
+
+def test_predict_finds_the_local_stack_under_data_root(make_gateway, layout, image_files):
+    """As ``incept status --data-root`` does: the URL and token come from the
+    stack's state file, here of a gateway that wants a token for prediction."""
+    from incept.fsutil import write_json_atomic
+    from incept.stack import StackPaths
+
+    gateway = make_gateway(protect_predict=True)
+    write_json_atomic(StackPaths(layout.root).state_file, {"url": gateway.url, "token": TOKEN})
+    for command in (["status"], ["predict", image_files[0], "--model", "flowers"]):
+        r = _incept(*command, "--data-root", str(layout.root))
+        assert r.returncode == 0, (command, r.stderr)
+    assert "model flowers, version" in r.stdout
+    refused = _incept("predict", image_files[0], "--url", gateway.url, "--model", "flowers")
+    assert refused.returncode == 2 and "API token" in refused.stderr  # the token came from the file
