@@ -291,7 +291,7 @@ def fill_cache(root: Path, dataset: str, size: int) -> None:
     key = features.backbone_key("inception_v4", size, None, spec.seed)
     rng = np.random.default_rng(0)
     for split, views in (("train", features.views_of(spec)), ("validation", [0])):
-        fps, _ = features.fingerprints(layout.dataset(dataset), split)
+        fps = features.read_index(layout.dataset(dataset), split).fingerprints
         for view in views:
             features.save_entry(features.entry_path(layout.feature_cache, key,
                                                     features.images_key(fps), view),

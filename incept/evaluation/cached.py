@@ -56,22 +56,11 @@ def heads_fn(model, model_name: str):
     return heads
 
 
-def validation_outputs(heads, validation, filenames: list[str]) -> SplitOutputs:
-    """The checkpoint's ``SplitOutputs`` of the validation split from its cached view;
-    ``filenames`` in the cache's image order (``split_filenames``)."""
+def validation_outputs(heads, validation) -> SplitOutputs:
+    """The checkpoint's ``SplitOutputs`` of the validation split from its cached view."""
     pre_logits = np.asarray(validation.views[0]["pre_logits"], np.float32)
     return SplitOutputs(heads(pre_logits).numpy(), pre_logits,
-                        validation.labels.astype(np.int64), filenames=filenames)
-
-
-def split_filenames(dataset_dir, split: str) -> list[str]:
-    """The split's file names in the order the feature cache holds its images (the
-    TFRecords' read order, as ``incept.training.features.fingerprints``), read once
-    per job: what the page's gallery of mistakes needs, and the cache does not keep."""
-    from incept.data.dataset import read_examples
-
-    names = read_examples(dataset_dir, split).map(lambda e: e["filename"])
-    return [name.decode() for name in names.as_numpy_iterator()]
+                        validation.labels.astype(np.int64), filenames=validation.filenames)
 
 
 def _open_set_score(num_classes: int, feature_dim: int):
@@ -116,7 +105,6 @@ class HeadOnlyJob:
         self.fitted_on = 0
         self.archive = None
         self.validation = self.train = None
-        self.validation_files: list[str] = []
         self.feature_views = {"cached": 0, "computed": 0}
 
     @property
@@ -143,7 +131,6 @@ class HeadOnlyJob:
         # evaluator had to compute (then stored) because the cache lacked them.
         self.feature_views = {"cached": sum(f.hits for f in found.values()),
                               "computed": sum(f.computed for f in found.values())}
-        self.validation_files = split_filenames(self.dataset_dir, "validation")
         if self.open_set.needs_training_features:
             features, labels = training_features(found["train"])
             self.open_set.fit_features(features, labels)
@@ -167,6 +154,6 @@ class HeadOnlyJob:
 
         self.read_features(step)
         restored = self.restorer.restore(step, frozen_unchanged=True)
-        outputs = validation_outputs(self.heads, self.validation, self.validation_files)
+        outputs = validation_outputs(self.heads, self.validation)
         record = calibrate_open_set(self.open_set, outputs, self.fitted_on)
         return restored, outputs, (self.open_set, record)

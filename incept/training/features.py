@@ -32,7 +32,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ class SplitFeatures:
     # Per view: {"pre_logits": float16 [N, D], "aux_pre_logits": float16 [N, Da]
     # when the net has an aux head}, memory-mapped from the cache.
     views: list[dict[str, np.ndarray]]
+    filenames: list[str] = field(default_factory=list)  # per row, as SplitIndex
     hits: int = 0
     computed: int = 0
     compute_seconds: float = 0.0
@@ -92,12 +93,23 @@ def backbone_key(model_name: str, image_size: int, checkpoint: Path | None, seed
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def fingerprints(dataset_dir, split: str) -> tuple[list[str], np.ndarray]:
-    fps, labels = [], []
-    for ex in read_examples(dataset_dir, split).map(lambda e: (e["image"], e["label"])).as_numpy_iterator():
-        fps.append(hashlib.sha256(ex[0]).hexdigest())
-        labels.append(ex[1])
-    return fps, np.asarray(labels, np.int32)
+@dataclass(frozen=True)
+class SplitIndex:
+    """A split's images in the TFRecords' read order, which is the cache's row order."""
+
+    fingerprints: list[str]  # sha256 of each encoded image
+    labels: np.ndarray  # int32 [N]
+    filenames: list[str]  # relative to the source folder, as the converter recorded them
+
+
+def read_index(dataset_dir, split: str) -> SplitIndex:
+    fps, labels, names = [], [], []
+    examples = read_examples(dataset_dir, split).map(lambda e: (e["image"], e["label"], e["filename"]))
+    for image, label, name in examples.as_numpy_iterator():
+        fps.append(hashlib.sha256(image).hexdigest())
+        labels.append(label)
+        names.append(name.decode())
+    return SplitIndex(fps, np.asarray(labels, np.int32), names)
 
 
 def _backbone_fn(model):
@@ -229,8 +241,10 @@ class _Plan:
 
 
 def _plan(cache_root: Path, key: str, dataset_dir, split: str, views: list[int]) -> _Plan:
-    fps, labels = fingerprints(dataset_dir, split)
-    plan = _Plan(split, fps, SplitFeatures(labels=labels, views=[]), list(views), [])
+    index = read_index(dataset_dir, split)
+    fps = index.fingerprints
+    plan = _Plan(split, fps, SplitFeatures(labels=index.labels, views=[], filenames=index.filenames),
+                 list(views), [])
     for view in views:
         arrays = _load(plan.entry(cache_root, key, view), len(fps))
         if arrays is None:
