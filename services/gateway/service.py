@@ -1,6 +1,7 @@
 """What the gateway's routes do, without HTTP: submit and cancel jobs, look
-jobs up, the state of a dataset's conversion, list datasets and models. Routes
-import this module (and deps, schemas, errors), never each other."""
+jobs up, receive a dataset's upload, the state of its conversion, list datasets
+and models (a job's live events are in ``event_stream``). Routes import this
+module (and deps, schemas, errors), never each other."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import redis
 from rq.job import JobStatus
+from starlette.concurrency import run_in_threadpool
 
 from incept.data.dataset import DatasetInfo
 from incept.errors import UserError
@@ -23,6 +26,7 @@ from incept.layout import NAME_RE, Layout, new_job_id
 from incept.queues import (
     DATASETS_QUEUE,
     conversion_request_id,
+    enqueue_conversion,
     fetch_request,
     request_part,
     request_status,
@@ -33,9 +37,11 @@ from incept.resources import limits as resource_limits
 from incept.serving.backend import PredictionBackend
 from incept.settings import Settings
 from incept.spec import JobSpec, SpecError, parse_spec
-from services.gateway import jobview
+from services.gateway import jobview, uploads
+from services.gateway.archives import ExtractReport
 from services.gateway.errors import ApiError, Conflict, NotFound
 from services.gateway.launchers.base import Launcher
+from services.gateway.slots import Slots
 
 # -- datasets -----------------------------------------------------------------
 
@@ -120,6 +126,39 @@ def list_datasets(layout: Layout, conn: redis.Redis) -> list[dict]:
             if d is not None:
                 out.append(d)
     return out
+
+
+async def upload_dataset(layout: Layout, conn: redis.Redis, settings: Settings, slots: Slots,
+                         name: str, body: AsyncIterator[bytes]) -> ExtractReport:
+    """Receive a new dataset's archive, unpack it and queue its conversion.
+    Conflict when the dataset exists or another upload or conversion of it is
+    under way, 429 beyond ``slots``, 507 when the volume is short of space."""
+    if layout.dataset(name).exists():
+        raise Conflict(f"dataset {name!r} already exists")
+    with slots.slot():
+        await run_in_threadpool(uploads.check_free_space, layout, settings)
+        # The name is claimed before the body is read: of two uploads of one
+        # name exactly one is received and converted, the other is a 409.
+        claim = await run_in_threadpool(uploads.claim_name, conn, name)
+        try:
+            return await _receive_and_queue(layout, conn, settings, name, body)
+        finally:
+            await run_in_threadpool(uploads.release_name, conn, name, claim)
+
+
+async def _receive_and_queue(layout: Layout, conn: redis.Redis, settings: Settings, name: str,
+                             body: AsyncIterator[bytes]) -> ExtractReport:
+    state, _ = await run_in_threadpool(conversion_state, conn, name)
+    if state == "converting":
+        raise Conflict(f"dataset {name!r} is already being converted")
+    report = await uploads.receive_and_extract(body, layout, settings)
+    try:
+        await run_in_threadpool(enqueue_conversion, conn, name, str(report.root))
+    except redis.RedisError:
+        shutil.rmtree(report.extracted, ignore_errors=True)
+        raise ApiError("Redis is unavailable; try again", status_code=503,
+                       headers={"Retry-After": "5"}) from None
+    return report
 
 
 # -- jobs -----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Dataset uploads on the volume: one claim per name (the first upload wins,
-the others get 409), the free space the volume keeps, the body written to disk off the event loop, and ``uploads/``
-cleaned of what a crashed gateway or worker left behind."""
+the others get 409), the free space the volume keeps, the body written to disk
+off the event loop and unpacked beside it, and ``uploads/`` cleaned of what a
+crashed gateway or worker left behind."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import os
 import secrets
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from incept.layout import Layout
 from incept.queues import DATASETS_QUEUE, SERIALIZER, rq_queue
 from incept.settings import Settings
+from services.gateway.archives import ExtractReport, Limits, extract_archive
 from services.gateway.errors import ApiError, Conflict, TooLarge
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,30 @@ async def receive(chunks: AsyncIterator[bytes], archive: Path, limit: int) -> in
     finally:
         await run_in_threadpool(out.close)
     return size
+
+
+async def receive_and_extract(body: AsyncIterator[bytes], layout: Layout,
+                              settings: Settings) -> ExtractReport:
+    """The body into uploads/<random>.archive (never a client-chosen name), then
+    unpacked next to it; the archive is always removed, the folder on failure."""
+    layout.uploads.mkdir(parents=True, exist_ok=True)
+    upload_id = uuid.uuid4().hex
+    archive = layout.uploads / f"{upload_id}.archive"
+    extracted = layout.uploads / upload_id
+    try:
+        size = await receive(body, archive, settings.max_upload_bytes)
+        if size == 0:
+            raise ApiError("the request body is empty: send a zip or tar archive")
+        limits = Limits(settings.max_archive_files, settings.max_unpacked_bytes,
+                        settings.max_compression_ratio)
+        report = await run_in_threadpool(extract_archive, archive, extracted, limits)
+    except BaseException:
+        shutil.rmtree(extracted, ignore_errors=True)
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(archive)
+    return report
 
 
 def _pending_sources(conn: redis.Redis, uploads: Path) -> set[str]:

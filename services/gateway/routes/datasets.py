@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import uuid
-
-import redis
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
-from starlette.concurrency import run_in_threadpool
 
-from incept.queues import enqueue_conversion
-from services.gateway import service, uploads
-from services.gateway.archives import ExtractReport, Limits, extract_archive
+from services.gateway import service
 from services.gateway.deps import (
     Authorized,
     DatasetName,
@@ -23,7 +14,7 @@ from services.gateway.deps import (
     RedisDep,
     SettingsDep,
 )
-from services.gateway.errors import ApiError, Conflict, NotFound
+from services.gateway.errors import ApiError, NotFound
 from services.gateway.schemas import DatasetAccepted, DatasetInfoOut, DatasetList, ErrorBody
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=Authorized,
@@ -80,48 +71,7 @@ async def upload_dataset(
     if content_type not in ARCHIVE_TYPES:
         raise ApiError(f"send the archive as the request body with one of: {', '.join(ARCHIVE_TYPES)}",
                        status_code=415)
-    if layout.dataset(name).exists():
-        raise Conflict(f"dataset {name!r} already exists")
-    with request.app.state.upload_slots.slot():
-        await run_in_threadpool(uploads.check_free_space, layout, settings)
-        # The name is claimed before the body is read: of two uploads of one
-        # name exactly one is received and converted, the other is a 409.
-        claim = await run_in_threadpool(uploads.claim_name, conn, name)
-        try:
-            state, _ = await run_in_threadpool(service.conversion_state, conn, name)
-            if state == "converting":
-                raise Conflict(f"dataset {name!r} is already being converted")
-            report = await _receive_and_extract(request, layout, settings)
-            try:
-                await run_in_threadpool(enqueue_conversion, conn, name, str(report.root))
-            except redis.RedisError:
-                shutil.rmtree(report.extracted, ignore_errors=True)
-                raise ApiError("Redis is unavailable; try again", status_code=503,
-                               headers={"Retry-After": "5"}) from None
-        finally:
-            await run_in_threadpool(uploads.release_name, conn, name, claim)
+    report = await service.upload_dataset(layout, conn, settings, request.app.state.upload_slots,
+                                          name, request.stream())
     return DatasetAccepted(name=name, state="converting", files=report.files,
                            url=str(request.url_for("get_dataset", name=name)))
-
-
-async def _receive_and_extract(request: Request, layout, settings) -> ExtractReport:
-    """The body into uploads/<random>.archive (never a client-chosen name), then
-    unpacked next to it; the archive is always removed, the folder on failure."""
-    layout.uploads.mkdir(parents=True, exist_ok=True)
-    upload_id = uuid.uuid4().hex
-    archive = layout.uploads / f"{upload_id}.archive"
-    extracted = layout.uploads / upload_id
-    try:
-        size = await uploads.receive(request.stream(), archive, settings.max_upload_bytes)
-        if size == 0:
-            raise ApiError("the request body is empty: send a zip or tar archive")
-        limits = Limits(settings.max_archive_files, settings.max_unpacked_bytes,
-                        settings.max_compression_ratio)
-        report = await run_in_threadpool(extract_archive, archive, extracted, limits)
-    except BaseException:
-        shutil.rmtree(extracted, ignore_errors=True)
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(archive)
-    return report
