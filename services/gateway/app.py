@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from incept.errors import ApiError, UserError
@@ -192,35 +193,6 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
                launcher: Launcher | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = GatewayMetrics.create()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        app.state.layout.ensure()
-        # Keras and TensorFlow are imported here, once, before any request: the
-        # first submissions validate specs in several threads at once, and
-        # TensorFlow's import is not safe to run concurrently.
-        from incept.nets import net_names
-
-        await run_in_threadpool(net_names)
-        try:  # what a crashed gateway or worker left behind; never a reason not to start
-            await run_in_threadpool(clean_stale_uploads, app.state.layout, app.state.redis)
-        except Exception as e:
-            log.warning("uploads/ not cleaned: %s", e)
-        await app.state.backend.start()
-        oip_grpc = None
-        if settings.oip_grpc_port:
-            from services.gateway import oip_grpc as grpc_service
-
-            oip_grpc = await grpc_service.start(app.state, settings.host, settings.oip_grpc_port)
-        try:
-            yield
-        finally:
-            if oip_grpc is not None:
-                await oip_grpc.stop(grace=1)
-            await app.state.backend.close()
-            app.state.redis.close()
-            await app.state.async_redis.aclose()
-
     docs: dict[str, Any] = ({} if settings.api_docs
                             else {"docs_url": None, "redoc_url": None, "openapi_url": None})
     app = FastAPI(
@@ -230,6 +202,19 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
         lifespan=lifespan,
         **docs,
     )
+    _attach_state(app, settings, metrics, backend, launcher)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, settings=settings)
+    _add_routes(app)
+    Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app).expose(
+        app, endpoint="/metrics", include_in_schema=False,
+        dependencies=[] if settings.metrics_public else Authorized)
+    return app
+
+
+def _attach_state(app: FastAPI, settings: Settings, metrics: GatewayMetrics,
+                  backend: PredictionBackend | None, launcher: Launcher | None) -> None:
+    """What the routes reach through ``request.app.state`` (see deps)."""
     app.state.settings = settings
     app.state.layout = settings.layout
     app.state.metrics = metrics
@@ -248,8 +233,8 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
         app.state.launcher = None
         app.state.launcher_error = str(e)
 
-    install_error_handlers(app)
-    app.add_middleware(BodyLimit, settings=settings)
+
+def _add_routes(app: FastAPI) -> None:
     # The prediction routes first: every request is matched against the routes in
     # order (by the router and again by the metrics middleware), and predictions
     # are the hot path.
@@ -258,7 +243,39 @@ def create_app(settings: Settings | None = None, *, backend: PredictionBackend |
                    page.router):
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    Instrumentator(registry=metrics.registry, excluded_handlers=["/metrics"]).instrument(app).expose(
-        app, endpoint="/metrics", include_in_schema=False,
-        dependencies=[] if settings.metrics_public else Authorized)
-    return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    await _prepare(app.state)
+    oip_grpc = None
+    settings = app.state.settings
+    if settings.oip_grpc_port:
+        from services.gateway import oip_grpc as grpc_service
+
+        oip_grpc = await grpc_service.start(app.state, settings.host, settings.oip_grpc_port)
+    try:
+        yield
+    finally:
+        if oip_grpc is not None:
+            await oip_grpc.stop(grace=1)
+        await app.state.backend.close()
+        app.state.redis.close()
+        await app.state.async_redis.aclose()
+
+
+async def _prepare(state: State) -> None:
+    """Before the first request: the data root's folders, TensorFlow imported,
+    stale uploads removed, the prediction backend started."""
+    state.layout.ensure()
+    # Keras and TensorFlow are imported here, once, before any request: the
+    # first submissions validate specs in several threads at once, and
+    # TensorFlow's import is not safe to run concurrently.
+    from incept.nets import net_names
+
+    await run_in_threadpool(net_names)
+    try:  # what a crashed gateway or worker left behind; never a reason not to start
+        await run_in_threadpool(clean_stale_uploads, state.layout, state.redis)
+    except Exception as e:
+        log.warning("uploads/ not cleaned: %s", e)
+    await state.backend.start()
