@@ -62,11 +62,16 @@ class DownloadResult:
 
 
 def _sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
+    return _file_hasher(path).hexdigest()
+
+
+def _file_hasher(path: Path):
+    """A SHA-256 hasher fed ``path``'s bytes (more may follow)."""
+    hasher = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+            hasher.update(chunk)
+    return hasher
 
 
 def _check_digest(value: str | None) -> str | None:
@@ -90,47 +95,8 @@ def fetch(url: str, dest: str | Path, sha256: str | None = None, *,
             return DownloadResult(dest, digest, expected is not None, downloaded=False)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "incept-download"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
-    hasher = hashlib.sha256()
     try:
-        try:
-            response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http(s) only)
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have:   # the part is already complete
-                response = None
-            else:
-                raise
-        resumed_from = 0
-        if response is not None:
-            with response:
-                if have and response.status == 206 and _range_start(response) == have:
-                    resumed_from = have
-                    mode = "ab"
-                else:
-                    have, mode = 0, "wb"   # the server ignored the range: start over
-                total = _total_length(response, have)
-                if resumed_from:
-                    with open(part, "rb") as f:
-                        while chunk := f.read(CHUNK):
-                            hasher.update(chunk)
-                with open(part, mode) as out:
-                    got = have
-                    while chunk := response.read(CHUNK):
-                        out.write(chunk)
-                        hasher.update(chunk)
-                        got += len(chunk)
-                        if progress:
-                            progress(got, total)
-                    out.flush()
-                    os.fsync(out.fileno())
-                if total is not None and got < total:
-                    raise UserError(f"download of {url} stopped at {got} of {total} bytes; "
-                                    "run the command again to resume")
-            digest = hasher.hexdigest()
-        else:
-            digest = _sha256_of(part)
+        digest, resumed_from = _download_part(url, part, have, progress, timeout)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         reason = getattr(e, "reason", None) or e
         raise UserError(f"download of {url} failed: {reason}"
@@ -142,6 +108,50 @@ def fetch(url: str, dest: str | Path, sha256: str | None = None, *,
     os.replace(part, dest)
     fsync_dir(dest.parent)
     return DownloadResult(dest, digest, expected is not None, resumed_from)
+
+
+def _download_part(url: str, part: Path, have: int, progress: Progress | None,
+                   timeout: float) -> tuple[str, int]:
+    """(SHA-256 of the complete ``part``, bytes of it kept from an earlier run):
+    with ``have`` bytes of it there, only the rest is asked for."""
+    request = urllib.request.Request(url, headers={"User-Agent": "incept-download"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (http(s) only)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:   # the part is already complete
+            return _sha256_of(part), 0
+        raise
+    with response:
+        return _receive(response, part, have, progress, url)
+
+
+def _receive(response, part: Path, have: int, progress: Progress | None,
+             url: str) -> tuple[str, int]:
+    """Write the response's body to ``part``: after its ``have`` bytes when the
+    server sent the range asked for, else from the start."""
+    if have and response.status == 206 and _range_start(response) == have:
+        resumed_from, mode = have, "ab"
+        hasher = _file_hasher(part)  # the digest is the whole file's: the kept bytes first
+    else:
+        resumed_from, have, mode = 0, 0, "wb"   # the server ignored the range: start over
+        hasher = hashlib.sha256()
+    total = _total_length(response, have)
+    with open(part, mode) as out:
+        got = have
+        while chunk := response.read(CHUNK):
+            out.write(chunk)
+            hasher.update(chunk)
+            got += len(chunk)
+            if progress:
+                progress(got, total)
+        out.flush()
+        os.fsync(out.fileno())
+    if total is not None and got < total:
+        raise UserError(f"download of {url} stopped at {got} of {total} bytes; "
+                        "run the command again to resume")
+    return hasher.hexdigest(), resumed_from
 
 
 def _range_start(response) -> int | None:
