@@ -199,20 +199,10 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
     if list(info.class_names) != list(restored.class_names):
         raise UserError(f"dataset {dataset_dir} now has classes {info.class_names}, "
                         f"the checkpoint was trained on {restored.class_names}")
-    image_size = spec.resolved_image_size()
     metrics = classification_metrics(validation.logits, validation.labels, restored.class_names)
     _write_per_image(run, step, validation, open_set)
     compute_s = time.perf_counter() - started
-
-    result = {
-        "job_id": job_id, "step": step, **metrics, "class_names": list(restored.class_names),
-        "ood": open_set[1],
-        "ema": restored.ema_applied, "dataset_fingerprint": info.fingerprint,
-        "model_name": spec.model_name, "image_size": image_size,
-        "features": "cached" if cached is not None else "forward",
-    }
-    if cached is not None:
-        result["feature_views"] = cached.feature_views
+    result = _result_fields(run, step, metrics, restored, open_set, info, cached)
     # Decide, export and write the result under the job's lock, so concurrent
     # evaluations of one job see each other's results when comparing with the best.
     with held_lock(conn, job_lock_name(job_id), wait_s=BLESS_LOCK_WAIT_S) as acquired:
@@ -243,6 +233,21 @@ def _evaluate(layout: Layout, conn: redis.Redis, run: RunLayout, step: int,
              result["num_images"],
              f"; blessed, exported version {result['exported_version']}" if result["blessed"] else "")
     return Outcome("evaluated", result, compute_s)
+
+
+def _result_fields(run: RunLayout, step: int, metrics: dict, restored, open_set, info,
+                   cached) -> dict:
+    """The evaluation's record before the blessing adds its verdict and timings."""
+    result = {
+        "job_id": run.job_id, "step": step, **metrics,
+        "class_names": list(restored.class_names), "ood": open_set[1],
+        "ema": restored.ema_applied, "dataset_fingerprint": info.fingerprint,
+        "model_name": restored.spec.model_name, "image_size": restored.spec.resolved_image_size(),
+        "features": "cached" if cached is not None else "forward",
+    }
+    if cached is not None:
+        result["feature_views"] = cached.feature_views
+    return result
 
 
 def _advance_phase(conn: redis.Redis, run: RunLayout) -> None:
