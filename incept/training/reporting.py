@@ -51,7 +51,9 @@ class Reporter:
     def _mirror(self, **fields) -> None:
         self.status.update(fields, updated_at=time.time())
         if self.chief:
-            write_json_atomic(self.run.status, self.status)
+            # Rewritten at every report and mirrored in Redis: atomic, but not
+            # fsynced (that would queue behind the checkpoints' write-back).
+            write_json_atomic(self.run.status, self.status, durable=False)
 
     def state(self, state: str, **fields) -> None:
         if not self.chief:
