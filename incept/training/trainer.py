@@ -354,12 +354,16 @@ def _train(job: _Job, strategy: tf.distribute.Strategy, reporter: Reporter, link
     iterator = iter(strategy.experimental_distribute_dataset(ds))
     train_steps = make_train_step(spec, state, strategy, num_classes=job.info.num_classes,
                                   head_only=choices.head_only, xla=choices.xla, mixed=choices.mixed)
-    if chief and step == 0:
-        reporter.images(_sample_images(job, ds, choices.head_only))
+    if chief and step == 0 and not choices.head_only:
+        reporter.images(_sample_images(job, ds, head_only=False))
     loop = TrainLoop(spec, state, strategy, train_steps, iterator, reporter, link, stop,
                      chief=chief, step=step, max_steps=job.max_steps, num_train=job.num_train,
                      last_saved=resumed_from, progress_interval_s=progress_interval_s)
     steady = loop.run()
+    if chief and step == 0 and choices.head_only:
+        # Not before the loop: decoding photos for TensorBoard (~1 s) would delay
+        # the first checkpoint, and with it the first served version.
+        reporter.images(_sample_images(job, ds, head_only=True))
     result_state = {"preempted": "preempted", "cancelled": "cancelled"}.get(stop.reason or "",
                                                                           "succeeded")
     log.info(json.dumps({"event": "done", "job_id": job.run.job_id, "state": result_state,

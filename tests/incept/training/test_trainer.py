@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers_training import TINY_HEADS, make_dataset, make_run, validation_accuracy  # noqa: E402
@@ -66,6 +67,12 @@ def test_head_only_path_matches_full_path_and_reuses_the_cache(data):
     # The backbone stayed frozen in both.
     np.testing.assert_array_equal(full.get_layer("Conv2d_1a_3x3").kernel.numpy(),
                                   head.get_layer("Conv2d_1a_3x3").kernel.numpy())
+    # Both show their first training photos in TensorBoard (the head-only path after its
+    # loop, so they do not delay its first checkpoint).
+    for run in (run_full, run_head):
+        events = EventAccumulator(str(run.train_logs), size_guidance={"tensors": 0})
+        events.Reload()
+        assert "inputs" in events.Tags()["tensors"], run.job_id
     acc_full, _ = validation_accuracy(data, run_full)
     acc_head, _ = validation_accuracy(data, run_head)
     assert abs(acc_full - acc_head) <= 0.05
