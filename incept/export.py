@@ -118,6 +118,7 @@ class ServingArchive:
         # once (keras.export.ExportArchive also tracks the Keras wrapper of each:
         # every weight written twice).
         self._root.served_variables = list(self._signature.variables)
+        self._variables = tf.train.Checkpoint(self._root)  # one saver for every version
         self._graph: bytes | None = None
 
     def write_graph(self) -> None:
@@ -134,7 +135,7 @@ class ServingArchive:
             return
         (path / "assets").mkdir(parents=True, exist_ok=True)
         (path / GRAPH).write_bytes(self._graph)
-        tf.train.Checkpoint(self._root).write(str(path / "variables" / "variables"))
+        self._variables.write(str(path / "variables" / "variables"))
 
     def _save(self, path: Path) -> None:
         tf.saved_model.save(self._root, str(path), signatures={SIGNATURE: self._signature})
