@@ -99,9 +99,10 @@ class HeadOnlyJob:
         self.layout, self.dataset_dir = layout, dataset_dir
         self.restorer = InferenceRestorer(run, layout)
         spec, model = self.restorer.spec, self.restorer.model
+        dim = int(model.output["pre_logits"].shape[-1])
         self.heads = heads_fn(model, spec.model_name)
-        self.open_set = _open_set_score(len(self.restorer.class_names),
-                                        int(model.output["pre_logits"].shape[-1]))
+        self.heads(np.zeros((1, dim), np.float32))  # traced now, not at the first checkpoint
+        self.open_set = _open_set_score(len(self.restorer.class_names), dim)
         self.fitted_on = 0
         self.archive = None
         self.validation = self.train = None
