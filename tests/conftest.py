@@ -4,10 +4,20 @@ a free port, never the machine's shared one), a fresh data root per test."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_configure(config):
+    # Tests press Ctrl-C (SIGINT) on the processes they start, as a user at a
+    # terminal does. A test run started in the background of a non-interactive
+    # shell inherits SIGINT ignored, which its children would inherit too (an
+    # ignored signal stays ignored across exec): give them the terminal's default.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

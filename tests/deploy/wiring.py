@@ -111,7 +111,7 @@ def consumes(proc: Proc) -> set[str]:
 
 # module -> (commands whose process runs it, queue, when it is active)
 PRODUCERS: dict[str, tuple[set[str], str, Callable[[Settings], bool]]] = {
-    "services/gateway/routes/datasets.py": ({"gateway"}, DATASETS_QUEUE, lambda s: True),
+    "services/gateway/service.py": ({"gateway"}, DATASETS_QUEUE, lambda s: True),
     "services/gateway/launchers/local.py": ({"gateway"}, TRAIN_QUEUE, lambda s: s.launcher == "local"),
     # A preempted rq training job queues its own resume request.
     "services/trainer/jobs.py": ({"trainer"}, TRAIN_QUEUE, lambda s: True),
