@@ -117,6 +117,7 @@ class _Watch:
     """``incept watch JOB`` as a user runs it, its output collected as it comes."""
 
     def __init__(self, url: str, job_id: str):
+        self.job_id = job_id
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "incept.cli", "watch", job_id, "--url", url, "--token", TOKEN],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -162,14 +163,24 @@ def start_watch() -> Iterator[Callable[[str, str], _Watch]]:
 BUSY = "the gateway is at its event-stream limit; retrying in 5 s"  # the gateway's Retry-After
 
 
-def test_watch_waits_while_the_gateway_holds_all_its_streams(make_gateway, layout, redis_url,
-                                                             start_watch):
+@contextlib.contextmanager
+def _watch_told_to_wait(make_gateway, layout, redis_url, start_watch) -> Iterator[_Watch]:
+    """``incept watch`` of a finished job on a gateway allowed one event stream,
+    which another client holds until the block ends: the watch has been told
+    the gateway is busy."""
     gateway = make_gateway(max_event_streams=1)
     with GatewayClient(gateway.url, TOKEN) as client:
         job_id = _finished_job(client, layout, redis_url)
     with _held_stream(gateway.url, redis_url):
         watching = start_watch(gateway.url, job_id)
         watching.wait_for(BUSY)
+        yield watching
+
+
+def test_watch_waits_while_the_gateway_holds_all_its_streams(make_gateway, layout, redis_url,
+                                                             start_watch):
+    with _watch_told_to_wait(make_gateway, layout, redis_url, start_watch) as watching:
+        job_id = watching.job_id
     code = watching.finish()
     assert code == 0, (watching.lines, watching.stderr())
     assert watching.count(BUSY) == 1, watching.lines  # the slot was free at the second attempt
@@ -179,12 +190,7 @@ def test_watch_waits_while_the_gateway_holds_all_its_streams(make_gateway, layou
 
 
 def test_ctrl_c_stops_a_watch_that_waits_for_a_stream(make_gateway, layout, redis_url, start_watch):
-    gateway = make_gateway(max_event_streams=1)
-    with GatewayClient(gateway.url, TOKEN) as client:
-        job_id = _finished_job(client, layout, redis_url)
-    with _held_stream(gateway.url, redis_url):
-        watching = start_watch(gateway.url, job_id)
-        watching.wait_for(BUSY)
+    with _watch_told_to_wait(make_gateway, layout, redis_url, start_watch) as watching:
         watching.proc.send_signal(signal.SIGINT)
         code = watching.finish()
     assert code == 130
